@@ -1,0 +1,1 @@
+//! A KVM virtual machine monitor that boots one Linux microVM.

@@ -101,7 +101,7 @@ impl Encoder<'_> {
         self
     }
 
-    pub(crate) fn option<T>(
+    pub(crate) fn option<T: ?Sized>(
         &mut self,
         value: Option<&T>,
         encode: impl FnOnce(&mut Self, &T),

@@ -65,7 +65,9 @@ mod tests {
         let server = thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
             let mut line = Vec::new();
-            BufReader::new(&stream).read_until(b'\n', &mut line).unwrap();
+            BufReader::new(&stream)
+                .read_until(b'\n', &mut line)
+                .unwrap();
             stream.write_all(ack).unwrap();
             line
         });

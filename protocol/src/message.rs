@@ -33,6 +33,9 @@ pub struct StartProcess {
     /// Run on a new pseudo-terminal of this size instead of separate stdio pipes. With a
     /// terminal, all output arrives as [`Stream::Stdout`].
     pub tty: Option<WindowSize>,
+    /// Connect stdin to [`Request::Stdin`] data. When false, stdin is `/dev/null` (or, with a
+    /// terminal, a terminal that receives no input).
+    pub stdin: bool,
 }
 
 /// A request from the host on the control connection.
@@ -191,7 +194,7 @@ fn decode_window_size(dec: &mut Decoder<'_>) -> Result<WindowSize, DecodeError> 
     })
 }
 
-fn encode_bytes(enc: &mut Encoder<'_>, bytes: &Vec<u8>) {
+fn encode_bytes(enc: &mut Encoder<'_>, bytes: &[u8]) {
     enc.bytes(bytes);
 }
 
@@ -206,7 +209,8 @@ impl Frame for Request {
                     .bytes_list(&start.env)
                     .str(&start.cwd)
                     .str(&start.user)
-                    .option(start.tty.as_ref(), encode_window_size);
+                    .option(start.tty.as_ref(), encode_window_size)
+                    .u8(start.stdin.into());
             }
             Request::Stdin { id, data } => {
                 enc.u8(tag::STDIN).u32(*id).bytes(data);
@@ -229,8 +233,8 @@ impl Frame for Request {
             } => {
                 enc.u8(tag::CONFIGURE)
                     .str(hostname)
-                    .option(hosts.as_ref(), encode_bytes)
-                    .option(resolv_conf.as_ref(), encode_bytes)
+                    .option(hosts.as_deref(), encode_bytes)
+                    .option(resolv_conf.as_deref(), encode_bytes)
                     .bytes(entropy);
             }
             Request::Shutdown => {
@@ -249,6 +253,16 @@ impl Frame for Request {
                 cwd: dec.string()?,
                 user: dec.string()?,
                 tty: dec.option(decode_window_size)?,
+                stdin: match dec.u8()? {
+                    0 => false,
+                    1 => true,
+                    value => {
+                        return Err(DecodeError::InvalidValue {
+                            field: "stdin",
+                            value: value.into(),
+                        })
+                    }
+                },
             }),
             tag::STDIN => Request::Stdin {
                 id: dec.u32()?,
@@ -417,6 +431,7 @@ mod tests {
                 cwd: "/work".into(),
                 user: "1000:1000".into(),
                 tty: Some(WindowSize { rows: 24, cols: 80 }),
+                stdin: true,
             }),
             Request::StartProcess(StartProcess::default()),
             Request::Stdin {

@@ -149,10 +149,7 @@ mod tests {
             stream: Stream::Stdout,
             data: vec![0; MAX_FRAME_LEN as usize],
         };
-        assert!(matches!(
-            writer.write(&event),
-            Err(Error::FrameTooLong(_))
-        ));
+        assert!(matches!(writer.write(&event), Err(Error::FrameTooLong(_))));
         assert!(writer.into_inner().is_empty());
     }
 }

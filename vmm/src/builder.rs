@@ -389,6 +389,13 @@ fn load_initrd(
     })
 }
 
+/// Joins [`BASE_CMDLINE`] and the user's parameters. Text after ` -- ` stays last, for init,
+/// even after devices are added to the kernel part.
+fn kernel_cmdline(extra: &str) -> Result<Cmdline> {
+    let joined = format!("{BASE_CMDLINE} {extra}");
+    Cmdline::try_from(joined.trim_end(), CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)
+}
+
 fn write_cmdline(memory: &GuestMemoryMmap, cmdline: &Cmdline) -> Result<usize> {
     let bytes = cmdline.as_cstring().map_err(BuildError::Cmdline)?;
     let bytes = bytes.as_bytes_with_nul();
@@ -482,4 +489,38 @@ fn create_vcpus(
         vcpus.push(Vcpu::new(index, fd, buses.clone(), exit.clone()));
     }
     Ok(vcpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered(cmdline: &Cmdline) -> String {
+        cmdline.as_cstring().unwrap().into_string().unwrap()
+    }
+
+    #[test]
+    fn cmdline_appends_devices_before_init_args() {
+        let mut cmdline = kernel_cmdline("root=/dev/vda -- --verbose").unwrap();
+        cmdline
+            .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(VIRTIO_MMIO_START), 5, None)
+            .unwrap();
+
+        assert_eq!(
+            rendered(&cmdline),
+            "console=ttyS0 reboot=k panic=-1 root=/dev/vda \
+             virtio_mmio.device=4K@0xd0000000:5 -- --verbose"
+        );
+    }
+
+    #[test]
+    fn cmdline_without_extra_is_base() {
+        assert_eq!(rendered(&kernel_cmdline("").unwrap()), BASE_CMDLINE);
+    }
+
+    #[test]
+    fn cmdline_too_long_is_rejected() {
+        let long = "x".repeat(CMDLINE_MAX_SIZE);
+        assert!(matches!(kernel_cmdline(&long), Err(BuildError::Cmdline(_))));
+    }
 }

@@ -2,8 +2,8 @@
 //! guest down.
 //!
 //! The signals are blocked in every thread and taken synchronously by one thread with
-//! sigwait(2), so no handler runs at an arbitrary point. Children start with an empty signal
-//! mask, because std's `Command` clears the mask before exec.
+//! sigwait(2), so no handler runs at an arbitrary point. The process service unblocks them in
+//! each child before exec.
 
 use std::thread;
 

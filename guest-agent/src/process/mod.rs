@@ -215,7 +215,7 @@ impl Processes {
                 None
             }
         };
-        set_credentials(&mut command, &prepared.identity, pty.is_some());
+        prepare_child(&mut command, &prepared.identity, pty.is_some());
 
         // The table stays locked from fork until the pid is recorded, so the reaper cannot
         // collect the child's status before it is known; std's spawn itself waits for a child
@@ -506,12 +506,15 @@ fn open_tty(command: &mut Command, size: WindowSize) -> Result<File, StartError>
     Ok(pty.master)
 }
 
-/// Arranges for the child to take the terminal (when it has one) and `identity` before exec.
-fn set_credentials(command: &mut Command, identity: &Identity, tty: bool) {
+/// Arranges for the child to unblock every signal, take the terminal (when it has one) and
+/// take `identity` before exec.
+fn prepare_child(command: &mut Command, identity: &Identity, tty: bool) {
     let uid = identity.uid;
     let gid = identity.gid;
     let groups: Vec<libc::gid_t> = identity.groups.clone();
     let setup = move || {
+        // The agent blocks the signals it takes with sigwait, and a blocked mask survives exec.
+        nix::sys::signal::SigSet::empty().thread_set_mask()?;
         if tty {
             tty::make_controlling_terminal()?;
         }
@@ -528,7 +531,8 @@ fn set_credentials(command: &mut Command, identity: &Identity, tty: bool) {
         Ok(())
     };
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions
-    // (setsid, ioctl, setgroups, setgid, setuid); it allocates nothing and takes no locks.
+    // (pthread_sigmask, setsid, ioctl, setgroups, setgid, setuid); it allocates nothing and
+    // takes no locks.
     unsafe { command.pre_exec(setup) };
 }
 

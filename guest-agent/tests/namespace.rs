@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, TcpListener};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ use bulkhead_protocol::{
 };
 
 const BUSYBOX: &str = "/usr/bin/busybox";
-const TIMEOUT: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn skip_reason() -> Option<&'static str> {
@@ -136,7 +136,14 @@ impl Agent {
         listener.set_nonblocking(true).unwrap();
 
         let mut child = Command::new("unshare")
-            .args(["--mount", "--pid", "--net", "--uts", "--fork", "--kill-child"])
+            .args([
+                "--mount",
+                "--pid",
+                "--net",
+                "--uts",
+                "--fork",
+                "--kill-child",
+            ])
             .arg(env!("CARGO_BIN_EXE_bulkhead-agent"))
             .arg(format!("--control=unix:{}", control_path.display()))
             .arg(format!("--relay=unix:{}", relay_path.display()))
@@ -228,7 +235,11 @@ impl Agent {
 
     /// Collects events until `id`'s stdout contains `text`.
     fn wait_for_stdout(&mut self, id: u32, text: &str) {
-        while !self.outputs.get(&id).is_some_and(|o| o.stdout().contains(text)) {
+        while !self
+            .outputs
+            .get(&id)
+            .is_some_and(|o| o.stdout().contains(text))
+        {
             let event = self.next_event();
             assert!(
                 !matches!(event, Event::Exit { id: exited, .. } if exited == id),
@@ -261,7 +272,9 @@ impl Agent {
     /// Opens a relay connection to guest `port`; returns the stream, or the agent's refusal.
     fn relay(&self, port: u16) -> Result<UnixStream, String> {
         let stream = UnixStream::connect(&self.relay_path).unwrap();
-        FrameWriter::new(&stream).write(&RelayRequest { port }).unwrap();
+        FrameWriter::new(&stream)
+            .write(&RelayRequest { port })
+            .unwrap();
         match FrameReader::new(&stream).read::<RelayResponse>().unwrap() {
             Some(RelayResponse::Ok) => Ok(stream),
             Some(RelayResponse::Failed { message }) => Err(message),
@@ -279,7 +292,10 @@ impl Agent {
                     return;
                 }
                 Err(message) => {
-                    assert!(Instant::now() < deadline, "port {port} never opened: {message}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "port {port} never opened: {message}"
+                    );
                     thread::sleep(Duration::from_millis(10));
                 }
             }
@@ -294,7 +310,10 @@ impl Agent {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "agent did not exit after Shutdown");
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit after Shutdown"
+            );
             thread::sleep(Duration::from_millis(10));
         }
     }
@@ -321,8 +340,16 @@ fn exit_codes_match_docker() {
     let cases: [(&[&str], i32, &str); 4] = [
         (&["true"], 0, ""),
         (&["sh", "-c", "exit 3"], 3, ""),
-        (&["/bin/notexec"], 126, "exec: \"/bin/notexec\": permission denied\n"),
-        (&["nosuchcmd"], 127, "exec: \"nosuchcmd\": executable file not found in $PATH\n"),
+        (
+            &["/bin/notexec"],
+            126,
+            "exec: \"/bin/notexec\": permission denied\n",
+        ),
+        (
+            &["nosuchcmd"],
+            127,
+            "exec: \"nosuchcmd\": executable file not found in $PATH\n",
+        ),
     ];
     for (i, (argv, code, stderr)) in cases.iter().enumerate() {
         let output = agent.run(argv);
@@ -348,7 +375,11 @@ fn sigterm_trap_runs_and_exits_7() {
 
     let output = agent.wait(id);
     assert_eq!(output.code, Some(7));
-    assert!(output.stdout().ends_with("trapped\n"), "{:?}", output.stdout());
+    assert!(
+        output.stdout().ends_with("trapped\n"),
+        "{:?}",
+        output.stdout()
+    );
 }
 
 #[test]
@@ -370,7 +401,10 @@ fn orphans_leave_no_zombies() {
     };
     let zombies: Vec<&str> = states
         .lines()
-        .filter(|line| line.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+        .filter(|line| {
+            line.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
         .collect();
     assert!(zombies.is_empty(), "zombies: {zombies:?}");
 }
@@ -518,9 +552,21 @@ fn relay_refuses_closed_port() {
 
 #[test]
 fn relay_handles_200_concurrent_connections() {
-    let mut agent = agent_or_skip!();
-    agent.spawn(&["nc", "-ll", "-p", "5001", "-e", "cat"]);
-    agent.wait_for_port(5001);
+    let agent = agent_or_skip!();
+    // busybox nc listens with a backlog of one, too small for 200 simultaneous connects, so the
+    // echo server runs in this process on a socket created inside the agent's network namespace.
+    let listener = agent.listen_in_guest(5001);
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let stream = stream.unwrap();
+            thread::spawn(move || {
+                let mut reader = stream.try_clone().unwrap();
+                let mut writer = stream;
+                std::io::copy(&mut reader, &mut writer).unwrap();
+                writer.shutdown(Shutdown::Write).unwrap();
+            });
+        }
+    });
 
     let relay_path = agent.relay_path.clone();
     let clients: Vec<_> = (0..200u32)
@@ -528,7 +574,9 @@ fn relay_handles_200_concurrent_connections() {
             let relay_path = relay_path.clone();
             thread::spawn(move || {
                 let stream = UnixStream::connect(&relay_path).unwrap();
-                FrameWriter::new(&stream).write(&RelayRequest { port: 5001 }).unwrap();
+                FrameWriter::new(&stream)
+                    .write(&RelayRequest { port: 5001 })
+                    .unwrap();
                 let response = FrameReader::new(&stream).read::<RelayResponse>().unwrap();
                 assert_eq!(response, Some(RelayResponse::Ok), "connection {n}");
 
@@ -550,6 +598,29 @@ fn relay_handles_200_concurrent_connections() {
     for (n, client) in clients.into_iter().enumerate() {
         let (sent, echoed) = client.join().unwrap();
         assert_eq!(sent, echoed, "connection {n}");
+    }
+}
+
+impl Agent {
+    /// Returns the agent's pid in this machine's PID namespace: the only child of unshare.
+    fn pid(&self) -> u32 {
+        let unshare = self.child.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap();
+        children.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    /// Binds a TCP listener on 127.0.0.1:`port` in the agent's network namespace.
+    fn listen_in_guest(&self, port: u16) -> TcpListener {
+        let netns = std::fs::File::open(format!("/proc/{}/ns/net", self.pid())).unwrap();
+        // setns changes only the calling thread, so a short-lived thread does it; the socket
+        // stays in the namespace it was created in.
+        thread::spawn(move || {
+            nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            TcpListener::bind(("127.0.0.1", port)).unwrap()
+        })
+        .join()
+        .unwrap()
     }
 }
 

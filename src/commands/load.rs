@@ -1,0 +1,43 @@
+//! `bulkhead load [-i FILE]`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::{open_images, Global, RegistryArgs};
+
+/// Arguments of `load`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// `docker save` tarball, OCI layout tar, or OCI layout directory; stdin when absent.
+    #[arg(short, long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
+    let images = open_images(global, &RegistryArgs::default())?;
+    let (source, what) = match &args.input {
+        Some(path) => (::images::archive::Source::Path(path.clone()), path.display().to_string()),
+        None => (::images::archive::Source::Stream(Box::new(std::io::stdin().lock())), "stdin".to_string()),
+    };
+    let records = images.load(source).with_context(|| format!("failed to load images from {what}"))?;
+    if !args.quiet {
+        for record in records {
+            if record.tags.is_empty() {
+                println!("Loaded image ID: {}", record.id);
+            }
+            for tag in &record.tags {
+                let familiar = tag.parse::<::images::Reference>().map_or(tag.clone(), |r| {
+                    format!("{}:{}", r.familiar_name(), r.tag.unwrap_or_default())
+                });
+                println!("Loaded image: {familiar}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -34,6 +34,7 @@ use crate::devices::i8042::{I8042, I8042_DATA_PORT, I8042_WINDOW_SIZE};
 use crate::devices::serial::{ConsoleOutput, SerialConsole, COM1_PORT, UART_WINDOW_SIZE};
 use crate::devices::virtio::block::{Block, Disk, DiskError};
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::Interrupt;
 use crate::exit::{ExitSignal, VmExit};
 use crate::host::{self, KvmError};
@@ -118,9 +119,12 @@ pub enum BuildError {
     /// A disk image could not be opened.
     #[error(transparent)]
     Disk(#[from] DiskError),
-    /// More disks than free interrupt lines.
-    #[error("{0} disks requested, but at most {max} fit", max = IOAPIC_PINS - VIRTIO_FIRST_GSI)]
-    TooManyDisks(usize),
+    /// More virtio devices than free interrupt lines.
+    #[error("{0} virtio devices requested, but at most {max} fit", max = IOAPIC_PINS - VIRTIO_FIRST_GSI)]
+    TooManyDevices(usize),
+    /// The vsock device could not be created.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     /// A device window overlaps another.
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -166,8 +170,9 @@ pub fn run(config: &VmConfig) -> Result<Outcome> {
     if config.cpus == 0 || config.cpus > mptable::MAX_CPUS {
         return Err(BuildError::CpuCount(config.cpus));
     }
-    if config.disks.len() > (IOAPIC_PINS - VIRTIO_FIRST_GSI) as usize {
-        return Err(BuildError::TooManyDisks(config.disks.len()));
+    let devices = config.disks.len() + usize::from(config.vsock.is_some());
+    if devices > (IOAPIC_PINS - VIRTIO_FIRST_GSI) as usize {
+        return Err(BuildError::TooManyDevices(devices));
     }
 
     // 1. KVM and the VM with its in-kernel interrupt controllers and timer.
@@ -186,14 +191,11 @@ pub fn run(config: &VmConfig) -> Result<Outcome> {
         .map(|path| load_initrd(&memory, path, kernel.end, config.memory_mib))
         .transpose()?;
 
-    // 4. Devices: the console, the reset-only keyboard controller, one virtio-blk per disk.
+    // 4. Devices: the console, the reset-only keyboard controller, one virtio-blk per disk and
+    //    the vsock device.
     let exit = Arc::new(ExitSignal::new().map_err(|e| BuildError::Resource("an eventfd", e))?);
     let panicked = Arc::new(AtomicBool::new(false));
-    let mut cmdline = Cmdline::try_from(
-        &format!("{BASE_CMDLINE} {}", config.cmdline),
-        CMDLINE_MAX_SIZE,
-    )
-    .map_err(BuildError::Cmdline)?;
+    let mut cmdline = kernel_cmdline(&config.cmdline)?;
     let (buses, console) = create_devices(&vm, &memory, config, &exit, &panicked, &mut cmdline)?;
     let cmdline_size = write_cmdline(&memory, &cmdline)?;
 
@@ -452,6 +454,23 @@ fn create_devices(
             .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(base), gsi, None)
             .map_err(BuildError::Cmdline)?;
         tracing::debug!(disk = %disk.path.display(), read_only = disk.read_only, gsi, base, "virtio-blk attached");
+    }
+
+    if let Some(vsock) = &config.vsock {
+        let index = config.disks.len();
+        let gsi = VIRTIO_FIRST_GSI + index as u32;
+        let base = VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE;
+        let device = Vsock::new(vsock.guest_cid, vsock.path.clone())?;
+        let transport = MmioTransport::new(
+            Box::new(device),
+            memory.clone(),
+            Interrupt::new(irqfd(vm, gsi)?),
+        );
+        mmio.insert(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+        cmdline
+            .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(base), gsi, None)
+            .map_err(BuildError::Cmdline)?;
+        tracing::debug!(path = %vsock.path.display(), cid = vsock.guest_cid, gsi, base, "virtio-vsock attached");
     }
 
     Ok((Buses { pio, mmio }, console))

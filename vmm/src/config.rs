@@ -60,6 +60,57 @@ impl FromStr for DiskConfig {
     }
 }
 
+/// The vsock device: its host Unix socket and the guest's context id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// Host Unix socket. Guest connections to host port P go to `<path>_<P>`.
+    pub path: PathBuf,
+    /// The guest's context id (3 or more).
+    pub guest_cid: u64,
+}
+
+/// Errors in a `--vsock` value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VsockConfigError {
+    /// The path part is empty.
+    #[error("vsock socket path is empty; use PATH or PATH,cid=N")]
+    EmptyPath,
+    /// The context id is not a number of at least 3.
+    #[error("invalid vsock cid {0:?}: use a number of at least 3 (0 to 2 are reserved)")]
+    Cid(String),
+    /// An option after the path is unknown.
+    #[error("unknown vsock option {0:?}; the only option is cid=N")]
+    UnknownOption(String),
+}
+
+impl FromStr for VsockConfig {
+    type Err = VsockConfigError;
+
+    /// Parses `PATH` or `PATH,cid=N`.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let mut parts = value.split(',');
+        let path = parts.next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(VsockConfigError::EmptyPath);
+        }
+        let mut guest_cid = crate::devices::virtio::vsock::DEFAULT_GUEST_CID;
+        for option in parts {
+            let Some(cid) = option.strip_prefix("cid=") else {
+                return Err(VsockConfigError::UnknownOption(option.to_owned()));
+            };
+            guest_cid = cid
+                .parse()
+                .ok()
+                .filter(|cid| *cid >= 3 && *cid < u64::from(u32::MAX))
+                .ok_or_else(|| VsockConfigError::Cid(cid.to_owned()))?;
+        }
+        Ok(Self {
+            path: PathBuf::from(path),
+            guest_cid,
+        })
+    }
+}
+
 /// Where the serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Console {
@@ -95,6 +146,8 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// Disks in order: the first is /dev/vda.
     pub disks: Vec<DiskConfig>,
+    /// The vsock device, if any.
+    pub vsock: Option<VsockConfig>,
     /// Serial console destination.
     pub console: Console,
 }
@@ -123,6 +176,28 @@ mod tests {
                 read_only,
             });
             assert_eq!(parsed, expected, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn vsock_config_parses() {
+        let cases = [
+            ("/run/v.sock", Ok(("/run/v.sock", 3))),
+            ("v.sock,cid=42", Ok(("v.sock", 42))),
+            ("", Err(VsockConfigError::EmptyPath)),
+            ("v.sock,cid=2", Err(VsockConfigError::Cid("2".into()))),
+            ("v.sock,cid=x", Err(VsockConfigError::Cid("x".into()))),
+            (
+                "v.sock,port=1",
+                Err(VsockConfigError::UnknownOption("port=1".into())),
+            ),
+        ];
+        for (input, expected) in cases {
+            let expected = expected.map(|(path, guest_cid)| VsockConfig {
+                path: PathBuf::from(path),
+                guest_cid,
+            });
+            assert_eq!(input.parse::<VsockConfig>(), expected, "input {input:?}");
         }
     }
 

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vmm::builder::{self, BuildError, Outcome};
-use vmm::config::{self, Console, DiskConfig, VmConfig};
+use vmm::config::{self, Console, DiskConfig, VmConfig, VsockConfig};
 use vmm::host::KvmError;
 
 /// Exit statuses, documented in the crate header and the README.
@@ -55,6 +55,12 @@ struct Args {
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<DiskConfig>,
 
+    /// virtio-vsock backed by the host Unix socket PATH (guest cid 3 unless cid=N is given).
+    /// Host programs connect to PATH and send "CONNECT <port>\n"; guest connections to host
+    /// port P reach the Unix socket PATH_P.
+    #[arg(long, value_name = "PATH[,cid=N]")]
+    vsock: Option<VsockConfig>,
+
     /// Where the serial console goes: a file path, or - for standard output.
     #[arg(long, default_value = "-")]
     console: Console,
@@ -78,6 +84,7 @@ fn main() -> ExitCode {
         cpus: args.cpus,
         memory_mib: args.memory,
         disks: args.disks,
+        vsock: args.vsock,
         console: args.console,
     };
 

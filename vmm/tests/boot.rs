@@ -31,7 +31,9 @@ reboot -f
 "#;
 
 /// Busybox applets the init script uses, linked into /bin of the root disk.
-const APPLETS: &[&str] = &["sh", "mount", "umount", "cat", "echo", "grep", "sync", "reboot"];
+const APPLETS: &[&str] = &[
+    "sh", "mount", "umount", "cat", "echo", "grep", "sync", "reboot",
+];
 
 /// Disk images shared by the tests of this binary, built once on this machine. They live under
 /// the cargo target directory because the test host sees this machine's /tmp hidden by a tmpfs.
@@ -110,12 +112,27 @@ fn boot_guest(cpus: u8) -> Output {
 
 fn assert_guest_ran(output: &Output, cpus: u8) {
     let stdout = output.stdout_str();
-    assert_eq!(output.status, 0, "the VMM exits 0 after the guest reboots\n{output}");
+    assert_eq!(
+        output.status, 0,
+        "the VMM exits 0 after the guest reboots\n{output}"
+    );
     assert!(stdout.contains(MARKER), "init printed its marker\n{output}");
-    assert!(stdout.contains(PAYLOAD), "init read the root disk\n{output}");
-    assert!(stdout.contains(&format!("cpus={cpus}")), "the guest sees {cpus} vCPUs\n{output}");
-    assert!(stdout.contains(WRITTEN), "vdb holds the guest's file afterwards\n{output}");
-    assert!(stdout.contains("fsck-clean"), "vdb passes e2fsck -fn\n{output}");
+    assert!(
+        stdout.contains(PAYLOAD),
+        "init read the root disk\n{output}"
+    );
+    assert!(
+        stdout.contains(&format!("cpus={cpus}")),
+        "the guest sees {cpus} vCPUs\n{output}"
+    );
+    assert!(
+        stdout.contains(WRITTEN),
+        "vdb holds the guest's file afterwards\n{output}"
+    );
+    assert!(
+        stdout.contains("fsck-clean"),
+        "vdb passes e2fsck -fn\n{output}"
+    );
 }
 
 #[test]
@@ -205,9 +222,21 @@ fn bad_inputs_fail_clearly() {
         let output = command.output().expect("the test host runs the VMM");
         let stderr = output.stderr_str();
 
-        assert_eq!(output.status, case.status, "{}: exit status\n{output}", case.name);
-        assert!(stderr.contains(&case.message), "{}: message\n{output}", case.name);
-        assert!(!stderr.contains("panicked at"), "{}: the VMM itself panicked\n{output}", case.name);
+        assert_eq!(
+            output.status, case.status,
+            "{}: exit status\n{output}",
+            case.name
+        );
+        assert!(
+            stderr.contains(&case.message),
+            "{}: message\n{output}",
+            case.name
+        );
+        assert!(
+            !stderr.contains("panicked at"),
+            "{}: the VMM itself panicked\n{output}",
+            case.name
+        );
     }
 }
 

@@ -198,3 +198,49 @@ fn forwarded_port_reaches_server_inside() {
     drop(server);
     assert!(body == want, "{url} returned other bytes than Cargo.toml");
 }
+
+/// The run script as a user calls it: one host, one command.
+fn run_script() -> Command {
+    Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kvm-host/run"))
+}
+
+#[test]
+fn run_script_relays_streams_and_status() {
+    let out = run_script()
+        .args(["--", "sh", "-c", "echo out; echo err >&2; exit 7"])
+        .output()
+        .expect("run starts");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "stderr: {stderr}");
+    // Kernel messages stay in the console log.
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(stderr.ends_with("err\n"), "stderr: {stderr}");
+}
+
+#[test]
+fn run_script_without_qemu_fails_clearly() {
+    let out = run_script()
+        .args(["--", "true"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .expect("run starts");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
+    assert!(
+        stderr.contains("qemu-system-x86_64 not found"),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+#[ignore = "boots a second host only to see it fail (about 20 s)"]
+fn run_script_reports_missing_svm() {
+    let out = run_script()
+        .args(["--qemu-cpu", "max,-svm", "--", "true"])
+        .output()
+        .expect("run starts");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
+    assert!(stderr.contains("kvm-amd did not load"), "stderr: {stderr}");
+    assert!(stderr.contains("console.log"), "stderr: {stderr}");
+}

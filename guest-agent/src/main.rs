@@ -2,8 +2,8 @@
 //!
 //! At start it mounts the container root (an overlay of the image disk and the writable disk),
 //! enters it, connects to the host over vsock and announces itself with
-//! [`Event::Ready`](bulkhead_protocol::Event::Ready). Then it runs the processes the host asks
-//! for, relays guest TCP ports to the host, reaps orphans, and powers the VM off on request.
+//! [`Event::Ready`](bulkhead_protocol::Event::Ready). Then it runs the processes the host
+//! requests, relays guest TCP ports to the host, reaps orphans, and powers the VM off on request.
 //!
 //! With `--rootfs DIR` it runs on an ordinary Linux host instead, for tests: inside new mount and
 //! PID namespaces it overlays DIR with a tmpfs, pivots into it, talks to the host over Unix
@@ -192,8 +192,9 @@ struct Plan {
 }
 
 fn main() {
-    let in_vm = std::process::id() == 1 && std::env::args_os().len() <= 1;
-    if let Err(err) = run(in_vm) {
+    let args = Args::parse();
+    let in_vm = std::process::id() == 1 && args.rootfs.is_none();
+    if let Err(err) = run(args, in_vm) {
         // The subscriber may not be installed yet, so print directly as well.
         eprintln!("bulkhead-agent: {err:#}");
         error!(error = format!("{err:#}"), "agent failed");
@@ -205,12 +206,11 @@ fn main() {
     }
 }
 
-fn run(in_vm: bool) -> Result<()> {
+fn run(mut args: Args, in_vm: bool) -> Result<()> {
     let sys: Arc<dyn Syscall> = Arc::new(Linux);
     // Before any thread exists, so that every thread inherits the blocked signals.
     signal::block().context("failed to block signals")?;
 
-    let mut args = Args::parse();
     if in_vm {
         mount_early(sys.as_ref())?;
         open_console();

@@ -12,6 +12,7 @@
 //! | bytes, string     | `u32` length, then the bytes (strings are UTF-8)          |
 //! | list              | `u32` count, then each element                            |
 //! | `Option<T>`       | `u8` 0 (absent) or 1 followed by `T`                      |
+//! | `bool`            | `u8` 0 or 1                                               |
 //!
 //! A decoder rejects unknown tags, truncated fields and trailing bytes. Tags `0x01..=0x3f` are
 //! host requests on the control connection, `0x81..=0xbf` agent events on it, `0x41` the relay

@@ -2,14 +2,14 @@
 //!
 //! The VMM exposes the guest's vsock as one host Unix socket at `uds_path`. A host process opens
 //! a connection to guest port `P` by connecting to `uds_path` and sending `CONNECT P\n`; the VMM
-//! answers `OK <host_port>\n` once the guest accepted. A guest connection to host port `P`
+//! replies `OK <host_port>\n` once the guest accepted. A guest connection to host port `P`
 //! arrives at a Unix socket that the host listens on at `<uds_path>_P`.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-/// Longest acknowledgement line accepted from the VMM, in bytes.
+/// Maximum length of the VMM's acknowledgement line, in bytes.
 const MAX_ACK_LEN: u64 = 64;
 
 /// Returns the path of the Unix socket on which the host accepts guest connections to `port`.
@@ -22,7 +22,7 @@ pub fn listener_path(uds_path: &Path, port: u32) -> PathBuf {
 /// Opens a connection to guest vsock `port` through the VMM's Unix socket at `uds_path`.
 ///
 /// # Errors
-/// Fails when the socket cannot be connected, or when the VMM answers anything other than
+/// Fails when the socket cannot be connected, or when the VMM replies with anything other than
 /// `OK <number>\n` (it closes the connection when no guest process listens on `port`).
 pub fn connect(uds_path: &Path, port: u32) -> io::Result<UnixStream> {
     let mut stream = UnixStream::connect(uds_path)?;

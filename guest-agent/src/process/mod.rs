@@ -218,8 +218,8 @@ impl Processes {
         prepare_child(&mut command, &prepared.identity, pty.is_some());
 
         // The table stays locked from fork until the pid is recorded, so the reaper cannot
-        // collect the child's status before it is known; std's spawn itself waits for a child
-        // whose exec failed, which the reaper must not steal either.
+        // collect the child's status before it is known. The lock also keeps the reaper away
+        // from a child whose exec failed, because std's spawn waits for that child itself.
         let mut table = self.table.lock().unwrap();
         let mut child = command
             .spawn()
@@ -368,7 +368,7 @@ impl Processes {
             return;
         };
         match &entry.stdin {
-            // A send fails only when the process's stdin has already been closed.
+            // A send fails only when the stdin thread has ended after an earlier close.
             Some(sender) => {
                 let _ = sender.send(message);
             }
@@ -530,9 +530,9 @@ fn prepare_child(command: &mut Command, identity: &Identity, tty: bool) {
         }
         Ok(())
     };
-    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions
-    // (pthread_sigmask, setsid, ioctl, setgroups, setgid, setuid); it allocates nothing and
-    // takes no locks.
+    // SAFETY: the closure runs between fork and exec, so it may call only async-signal-safe
+    // functions. It calls pthread_sigmask, setsid, ioctl, setgroups, setgid and setuid, and it
+    // neither allocates nor takes locks.
     unsafe { command.pre_exec(setup) };
 }
 

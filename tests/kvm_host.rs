@@ -16,14 +16,17 @@ fn host() -> &'static KvmHost {
 }
 
 #[test]
-fn kvm_get_api_version_is_12() {
-    // KVM_GET_API_VERSION is _IO(0xAE, 0x00).
+fn kvm_creates_vm_and_vcpu() {
+    // _IO(0xAE, n): KVM_GET_API_VERSION is 0x00, KVM_CREATE_VM 0x01, KVM_CREATE_VCPU 0x41.
     let script = "import fcntl, os\n\
-                  fd = os.open('/dev/kvm', os.O_RDWR)\n\
-                  print(fcntl.ioctl(fd, 0xAE00))";
+                  kvm = os.open('/dev/kvm', os.O_RDWR)\n\
+                  print(fcntl.ioctl(kvm, 0xAE00))\n\
+                  vm = fcntl.ioctl(kvm, 0xAE01, 0)\n\
+                  vcpu = fcntl.ioctl(vm, 0xAE41, 0)\n\
+                  print(vm > 2 and vcpu > vm)";
     let out = host().run(&["/usr/bin/python3", "-c", script]);
     assert_eq!(out.status, 0, "{out}");
-    assert_eq!(out.stdout_str(), "12\n");
+    assert_eq!(out.stdout_str(), "12\nTrue\n");
 }
 
 #[test]
@@ -97,7 +100,7 @@ fn environment_and_working_directory_carry_over() {
 }
 
 #[test]
-fn writable_paths_are_tmpfs_and_root_is_read_only() {
+fn only_tmpfs_paths_are_writable() {
     let cases = [
         ("/tmp", true),
         ("/var/tmp", true),
@@ -171,7 +174,7 @@ fn forwarded_port_reaches_server_inside() {
     let url = format!("http://127.0.0.1:{}/Cargo.toml", host.host_port(HTTP_PORT));
     let want = std::fs::read(format!("{root}/Cargo.toml")).expect("read Cargo.toml");
 
-    // Until the server listens, QEMU accepts and then drops the connection; poll until it answers.
+    // Until the server listens, QEMU accepts and then drops the connection; poll until it serves the file.
     let deadline = Instant::now() + Duration::from_secs(60);
     let body = loop {
         let out = Command::new("curl")
@@ -199,7 +202,7 @@ fn forwarded_port_reaches_server_inside() {
     assert!(body == want, "{url} returned other bytes than Cargo.toml");
 }
 
-/// The run script as a user calls it: one host, one command.
+/// Returns the run script, for tests that call it as a user does: one host, one command.
 fn run_script() -> Command {
     Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kvm-host/run"))
 }

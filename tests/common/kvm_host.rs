@@ -1,9 +1,9 @@
 //! Runs commands inside the KVM test host from integration tests.
 //!
 //! This machine's `/dev/kvm` runs only PVM guest kernels, so every test that boots a microVM runs
-//! its commands in the test host that `tests/kvm-host/run --serve` starts: QEMU (TCG, `-cpu max`)
-//! with Debian's kernel and `kvm-amd`, and this machine's root shared read-only, with tmpfs on
-//! `/tmp`, `/var/tmp`, `/run` and `/var/lib/bulkhead`. Paths are the same inside and out, so a test
+//! its commands in the test host that `tests/kvm-host/run --serve` starts. The host is QEMU (TCG,
+//! `-cpu max`) with Debian's kernel and `kvm-amd`. It sees this machine's root read-only, with
+//! tmpfs on `/tmp`, `/var/tmp`, `/run` and `/var/lib/bulkhead`. Paths are the same inside and out, so a test
 //! refers to the binaries under the cargo target directory by their usual paths. Files a test
 //! prepares for the host must live outside `/tmp` (use `env!("CARGO_TARGET_TMPDIR")`), and the host
 //! can write only to its tmpfs paths.
@@ -59,7 +59,7 @@ const STATUS: u8 = b's';
 pub enum Error {
     /// The run script could not be started.
     Spawn(io::Error),
-    /// The run script exited before the host was ready; `stderr` holds its report, including the
+    /// The run script exited before the host was ready; `stderr` contains its report, including the
     /// tail of the console log.
     Boot { status: Option<i32>, stderr: String },
     /// The run script's ready line was not understood.
@@ -247,7 +247,7 @@ impl KvmHost {
         }
     }
 
-    /// The loopback port of this machine that reaches `guest_port` inside the host. Panics when
+    /// Returns the loopback port of this machine that reaches `guest_port` inside the host. Panics when
     /// `guest_port` was not declared in [`Options::forwards`].
     pub fn host_port(&self, guest_port: u16) -> u16 {
         self.forwards
@@ -257,7 +257,7 @@ impl KvmHost {
             .unwrap_or_else(|| panic!("port {guest_port} is not forwarded from the KVM test host"))
     }
 
-    /// The directory with the host's console and QEMU logs. It is removed when the host stops
+    /// Returns the directory with the host's console and QEMU logs. It is removed when the host stops
     /// normally.
     pub fn log_dir(&self) -> &Path {
         &self.log_dir
@@ -291,7 +291,7 @@ impl Drop for KvmHost {
 }
 
 /// The host shared by every test of this test binary, started on first use with the default
-/// options. Panics when the host cannot start, in every test that asks for it.
+/// options. Panics when the host cannot start, in every test that calls it.
 pub fn shared() -> &'static KvmHost {
     shared_with(Options::default())
 }
@@ -343,19 +343,19 @@ impl HostCommand<'_> {
         self
     }
 
-    /// The working directory; the default is this process's, and `/` when the host lacks it.
+    /// Sets the working directory; the default is this process's, and `/` when the host lacks it.
     pub fn current_dir(&mut self, dir: impl AsRef<Path>) -> &mut Self {
         self.cwd = Some(dir.as_ref().to_path_buf());
         self
     }
 
-    /// Bytes for the command's stdin, which is closed after them (the default is an empty stdin).
+    /// Sets the bytes of the command's stdin, which is closed after them (the default is an empty stdin).
     pub fn stdin(&mut self, data: impl Into<Vec<u8>>) -> &mut Self {
         self.stdin = data.into();
         self
     }
 
-    /// Time limit from start to exit; when it expires the command is killed.
+    /// Sets the time limit from start to exit; when it expires, the command is killed.
     pub fn timeout(&mut self, limit: Duration) -> &mut Self {
         self.timeout = limit;
         self

@@ -31,7 +31,16 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 /// The script that boots the test host; see its header for the options.
-const RUN_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kvm-host/run");
+/// Test binaries of member crates include this module too, so the script is looked up from the
+/// including package's directory upwards.
+fn run_script() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .ancestors()
+        .map(|dir| dir.join("tests/kvm-host/run"))
+        .find(|script| script.exists())
+        .unwrap_or_else(|| manifest_dir.join("tests/kvm-host/run"))
+}
 
 /// What the command server sends first on every connection.
 const GREETING: &[u8] = b"bulkhead-kvm-host 1";
@@ -75,13 +84,17 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Spawn(e) => write!(f, "cannot start {RUN_SCRIPT}: {e}"),
+            Error::Spawn(e) => write!(f, "cannot start {}: {e}", run_script().display()),
             Error::Boot { status, stderr } => {
                 let status = status.map_or("a signal".to_string(), |s| format!("status {s}"));
                 write!(f, "the KVM test host did not start ({status}):\n{stderr}")
             }
             Error::ReadyLine(line) => {
-                write!(f, "unexpected ready line from {RUN_SCRIPT}: {line:?}")
+                write!(
+                    f,
+                    "unexpected ready line from {}: {line:?}",
+                    run_script().display()
+                )
             }
             Error::Io(e) => write!(f, "talking to the KVM test host: {e}"),
             Error::TimedOut(limit) => write!(f, "command did not finish within {limit:?}"),
@@ -181,7 +194,7 @@ impl KvmHost {
 
     /// Boots a host and waits until it accepts commands.
     pub fn start_with(options: &Options) -> Result<KvmHost> {
-        let mut cmd = Command::new(RUN_SCRIPT);
+        let mut cmd = Command::new(run_script());
         cmd.arg("--serve");
         for port in &options.forwards {
             cmd.arg("--forward").arg(format!("0:{port}"));

@@ -238,12 +238,21 @@ fn run_script_without_qemu_fails_clearly() {
 #[test]
 #[ignore = "boots a second host only to see it fail (about 20 s)"]
 fn run_script_reports_missing_svm() {
+    let logs = format!(
+        "{}/kvm-host-no-svm-{}",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    );
     let out = run_script()
-        .args(["--qemu-cpu", "max,-svm", "--", "true"])
+        .args(["--qemu-cpu", "max,-svm", "--log-dir", &logs, "--", "true"])
         .output()
         .expect("run starts");
     let stderr = String::from_utf8_lossy(&out.stderr);
+    std::fs::remove_dir_all(&logs).expect("remove the log directory");
     assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
     assert!(stderr.contains("kvm-amd did not load"), "stderr: {stderr}");
-    assert!(stderr.contains("console.log"), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!("{logs}/console.log")),
+        "stderr: {stderr}"
+    );
 }

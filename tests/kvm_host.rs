@@ -86,7 +86,7 @@ fn stdin_passes_through() {
 fn environment_and_working_directory_carry_over() {
     let out = host()
         .command("sh")
-        .args(&["-c", "echo \"$PWD $BULKHEAD_TEST_VALUE $HOME\""])
+        .args(["-c", "echo \"$PWD $BULKHEAD_TEST_VALUE $HOME\""])
         .env("BULKHEAD_TEST_VALUE", "seen")
         .output()
         .expect("sh runs");
@@ -139,7 +139,7 @@ fn dropping_a_spawned_command_kills_it() {
     let marker = format!("/tmp/killed-{}", std::process::id());
     let child = host()
         .command("sh")
-        .args(&["-c", &format!("sleep 30; touch {marker}")])
+        .args(["-c", &format!("sleep 30; touch {marker}")])
         .spawn()
         .expect("sh starts");
     drop(child);
@@ -162,7 +162,7 @@ fn forwarded_port_reaches_server_inside() {
     let root = env!("CARGO_MANIFEST_DIR");
     let server = host
         .command("/usr/bin/python3")
-        .args(&[
+        .args([
             "-m",
             "http.server",
             "--directory",

@@ -343,9 +343,13 @@ impl HostCommand<'_> {
         self
     }
 
-    pub fn args<S: AsRef<str>>(&mut self, args: &[S]) -> &mut Self {
+    pub fn args<I, S>(&mut self, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
         self.args
-            .extend(args.iter().map(|a| a.as_ref().to_string()));
+            .extend(args.into_iter().map(|a| a.as_ref().to_string()));
         self
     }
 

@@ -71,7 +71,18 @@ impl Tree {
             current = match self.resolve(&prefix) {
                 Ok(fd) => fd,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    rustix::fs::mkdirat(&current, component.as_os_str(), Mode::from_raw_mode(0o755))?;
+                    match rustix::fs::mkdirat(&current, component.as_os_str(), Mode::from_raw_mode(0o755)) {
+                        Ok(()) => {}
+                        // Something that does not resolve to a directory is in the way, such
+                        // as a symlink to a missing path: Docker fails here too.
+                        Err(rustix::io::Errno::EXIST) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::NotADirectory,
+                                format!("{} exists but does not resolve to a directory inside the root", prefix.display()),
+                            ))
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                     self.resolve(&prefix)?
                 }
                 Err(e) => return Err(e),

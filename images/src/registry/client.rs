@@ -81,7 +81,8 @@ impl Client {
             host,
             registry: reference.registry.clone(),
             repository: reference.repository.clone(),
-            reference: reference.to_string(),
+            // `login` has a registry but no repository.
+            reference: if reference.repository.is_empty() { reference.registry.clone() } else { reference.to_string() },
             credentials,
             auth: Mutex::new(AuthState::Anonymous),
             max_concurrent: options.max_concurrent_downloads.max(1),

@@ -5,6 +5,9 @@
 //! cause chain on stderr.
 
 mod commands;
+mod container;
+mod runtime;
+mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,10 +18,19 @@ use clap::{Parser, Subcommand};
 const EXIT_BULKHEAD_FAILED: u8 = 125;
 
 #[derive(Parser)]
-#[command(name = "bulkhead", version, about = "Runs OCI containers, each in its own KVM microVM")]
+#[command(
+    name = "bulkhead",
+    version,
+    about = "Runs OCI containers, each in its own KVM microVM"
+)]
 struct Cli {
     /// State directory: images, root disks and containers.
-    #[arg(long, global = true, env = "BULKHEAD_ROOT", default_value = "/var/lib/bulkhead")]
+    #[arg(
+        long,
+        global = true,
+        env = "BULKHEAD_ROOT",
+        default_value = "/var/lib/bulkhead"
+    )]
     root: PathBuf,
 
     #[command(subcommand)]
@@ -27,6 +39,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a command in a new container, in its own microVM.
+    Run(Box<commands::run::Args>),
+    /// List containers.
+    Ps(commands::ps::Args),
+    /// Print a container's output.
+    Logs(commands::logs::Args),
+    /// Stop running containers: the stop signal, then a kill after a grace period.
+    Stop(commands::stop::Args),
+    /// Send a signal to containers' processes.
+    Kill(commands::kill::Args),
+    /// Remove containers.
+    Rm(commands::rm::Args),
+    /// Report what this host offers for microVMs.
+    Doctor(commands::doctor::Args),
+    /// Supervise a detached container (started by `run -d`).
+    #[command(hide = true)]
+    Supervise(commands::supervise::Args),
     /// Pull an image from a registry and build its root disk.
     Pull(commands::pull::Args),
     /// Load images from a `docker save` tarball or an OCI layout.
@@ -57,6 +86,14 @@ fn main() -> ExitCode {
     let root = std::path::absolute(&cli.root).unwrap_or(cli.root);
     let global = commands::Global { root };
     let result = match cli.command {
+        Command::Run(args) => commands::run::run(&global, *args),
+        Command::Ps(args) => commands::ps::run(&global, args),
+        Command::Logs(args) => commands::logs::run(&global, args),
+        Command::Stop(args) => commands::stop::run(&global, args),
+        Command::Kill(args) => commands::kill::run(&global, args),
+        Command::Rm(args) => commands::rm::run(&global, args),
+        Command::Doctor(args) => commands::doctor::run(&global, args),
+        Command::Supervise(args) => commands::supervise::run(&global, args),
         Command::Pull(args) => commands::pull::run(&global, args),
         Command::Load(args) => commands::load::run(&global, args),
         Command::Images(args) => commands::images::run(&global, args),

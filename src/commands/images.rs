@@ -31,7 +31,11 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let images = open_images(global, &RegistryArgs::default())?;
     let list = images.list()?;
     let id = |record: &::images::store::ImageRecord| {
-        if args.no_trunc { record.id.to_string() } else { record.id.short() }
+        if args.no_trunc {
+            record.id.to_string()
+        } else {
+            record.id.short()
+        }
     };
 
     if args.quiet {
@@ -49,7 +53,12 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
                 line.push(row.digest);
             }
             line.push(id(record));
-            line.push(record.created.as_deref().map_or("N/A".to_string(), created_ago));
+            line.push(
+                record
+                    .created
+                    .as_deref()
+                    .map_or("N/A".to_string(), created_ago),
+            );
             line.push(human_size(record.size));
             table.push(line);
         }
@@ -68,14 +77,22 @@ fn rows(record: &::images::store::ImageRecord) -> Vec<Row> {
         record
             .repo_digests
             .iter()
-            .find_map(|d| d.split_once('@').filter(|(n, _)| *n == name).map(|(_, digest)| digest.to_string()))
+            .find_map(|d| {
+                d.split_once('@')
+                    .filter(|(n, _)| *n == name)
+                    .map(|(_, digest)| digest.to_string())
+            })
             .unwrap_or_else(|| "<none>".into())
     };
     let mut rows: Vec<Row> = record
         .tags
         .iter()
         .filter_map(|tag| tag.parse::<::images::Reference>().ok())
-        .map(|r| Row { repository: r.familiar_name(), tag: r.tag.clone().unwrap_or_default(), digest: digest_of(&r.name()) })
+        .map(|r| Row {
+            repository: r.familiar_name(),
+            tag: r.tag.clone().unwrap_or_default(),
+            digest: digest_of(&r.name()),
+        })
         .collect();
     if rows.is_empty() {
         rows = record
@@ -90,7 +107,11 @@ fn rows(record: &::images::store::ImageRecord) -> Vec<Row> {
             .collect();
     }
     if rows.is_empty() {
-        rows.push(Row { repository: "<none>".into(), tag: "<none>".into(), digest: "<none>".into() });
+        rows.push(Row {
+            repository: "<none>".into(),
+            tag: "<none>".into(),
+            digest: "<none>".into(),
+        });
     }
     rows
 }
@@ -124,7 +145,9 @@ fn created_ago(created: &str) -> String {
     let Some(seconds) = parse_rfc3339(created) else {
         return created.to_string();
     };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     let age = (now - seconds).max(0);
     let (value, unit) = match age {
         a if a < 60 => return "Less than a minute ago".into(),

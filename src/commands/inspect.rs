@@ -18,7 +18,11 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let images = open_images(global, &RegistryArgs::default())?;
     let mut documents = Vec::new();
     for name in &args.images {
-        documents.push(images.inspect(name).with_context(|| format!("failed to inspect {name}"))?);
+        documents.push(
+            images
+                .inspect(name)
+                .with_context(|| format!("failed to inspect {name}"))?,
+        );
     }
     println!("{}", serde_json::to_string_pretty(&documents)?);
     Ok(ExitCode::SUCCESS)

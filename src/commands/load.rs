@@ -22,10 +22,18 @@ pub struct Args {
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let images = open_images(global, &RegistryArgs::default())?;
     let (source, what) = match &args.input {
-        Some(path) => (::images::archive::Source::Path(path.clone()), path.display().to_string()),
-        None => (::images::archive::Source::Stream(Box::new(std::io::stdin().lock())), "stdin".to_string()),
+        Some(path) => (
+            ::images::archive::Source::Path(path.clone()),
+            path.display().to_string(),
+        ),
+        None => (
+            ::images::archive::Source::Stream(Box::new(std::io::stdin().lock())),
+            "stdin".to_string(),
+        ),
     };
-    let records = images.load(source).with_context(|| format!("failed to load images from {what}"))?;
+    let records = images
+        .load(source)
+        .with_context(|| format!("failed to load images from {what}"))?;
     if !args.quiet {
         for record in records {
             if record.tags.is_empty() {

@@ -30,7 +30,10 @@ pub struct Args {
 }
 
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
-    let server = args.server.clone().unwrap_or_else(|| ::images::reference::DEFAULT_REGISTRY.to_string());
+    let server = args
+        .server
+        .clone()
+        .unwrap_or_else(|| ::images::reference::DEFAULT_REGISTRY.to_string());
     let username = match &args.username {
         Some(user) => user.clone(),
         None => prompt("Username: ")?,
@@ -54,7 +57,10 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
 
 fn prompt(label: &str) -> anyhow::Result<String> {
     if !std::io::stdin().is_terminal() {
-        bail!("no terminal to ask for the {}; pass it as an option", label.trim_end_matches(": ").to_lowercase());
+        bail!(
+            "no terminal to ask for the {}; pass it as an option",
+            label.trim_end_matches(": ").to_lowercase()
+        );
     }
     eprint!("{label}");
     std::io::stderr().flush()?;

@@ -12,7 +12,9 @@ pub struct Args {
 }
 
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
-    let server = args.server.unwrap_or_else(|| ::images::reference::DEFAULT_REGISTRY.to_string());
+    let server = args
+        .server
+        .unwrap_or_else(|| ::images::reference::DEFAULT_REGISTRY.to_string());
     let options = RegistryArgs::default().options(&global.root)?;
     if ::images::registry::logout(&options, &server)? {
         println!("Removing login credentials for {server}");

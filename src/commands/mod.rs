@@ -1,13 +1,22 @@
 //! One module per subcommand. Each has an `Args` struct for clap and a `run` function that
 //! returns the process exit code.
 
+mod control;
+pub mod doctor;
 pub mod images;
 pub mod inspect;
+pub mod kill;
 pub mod load;
 pub mod login;
 pub mod logout;
+pub mod logs;
+pub mod ps;
 pub mod pull;
+pub mod rm;
 pub mod rmi;
+pub mod run;
+pub mod stop;
+pub mod supervise;
 
 use std::path::{Path, PathBuf};
 
@@ -37,7 +46,10 @@ pub struct RegistryArgs {
 
 impl Default for RegistryArgs {
     fn default() -> Self {
-        RegistryArgs { insecure_registries: Vec::new(), platform: DEFAULT_PLATFORM.to_string() }
+        RegistryArgs {
+            insecure_registries: Vec::new(),
+            platform: DEFAULT_PLATFORM.to_string(),
+        }
     }
 }
 
@@ -55,11 +67,15 @@ impl RegistryArgs {
                 let config: serde_json::Value = serde_json::from_slice(&bytes)
                     .with_context(|| format!("invalid JSON in {}", config_path.display()))?;
                 if let Some(list) = config.get("insecure-registries").and_then(|v| v.as_array()) {
-                    options.insecure.extend(list.iter().filter_map(|v| v.as_str()).map(String::from));
+                    options
+                        .insecure
+                        .extend(list.iter().filter_map(|v| v.as_str()).map(String::from));
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("failed to read {}", config_path.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("failed to read {}", config_path.display()))
+            }
         }
         Ok(options)
     }
@@ -68,8 +84,12 @@ impl RegistryArgs {
 /// Opens the image store of the state directory.
 pub fn open_images(global: &Global, registry: &RegistryArgs) -> anyhow::Result<::images::Images> {
     let options = registry.options(&global.root)?;
-    ::images::Images::open(&global.root, options)
-        .with_context(|| format!("failed to open the image store in {}", global.root.display()))
+    ::images::Images::open(&global.root, options).with_context(|| {
+        format!(
+            "failed to open the image store in {}",
+            global.root.display()
+        )
+    })
 }
 
 /// Formats a byte count as Docker does (`1.23MB`, decimal units).

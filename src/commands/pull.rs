@@ -23,9 +23,14 @@ pub struct Args {
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let reference: ::images::Reference = args.reference.parse()?;
     let images = open_images(global, &args.registry)?;
-    let progress: Box<dyn ::images::registry::Progress> =
-        if args.quiet { Box::new(::images::registry::Silent) } else { ::images::registry::progress::for_stderr() };
-    let record = images.pull(&reference, &*progress).with_context(|| format!("failed to pull {reference}"))?;
+    let progress: Box<dyn ::images::registry::Progress> = if args.quiet {
+        Box::new(::images::registry::Silent)
+    } else {
+        ::images::registry::progress::for_stderr()
+    };
+    let record = images
+        .pull(&reference, &*progress)
+        .with_context(|| format!("failed to pull {reference}"))?;
     if args.quiet {
         println!("{}", record.id);
     } else {

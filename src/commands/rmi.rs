@@ -19,7 +19,9 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     // NOTE: containers are not consulted, so an image in use by a container can be removed;
     // its disk then disappears under the container's VM.
     for name in &args.images {
-        let lines = images.remove(name).with_context(|| format!("failed to remove image {name}"))?;
+        let lines = images
+            .remove(name)
+            .with_context(|| format!("failed to remove image {name}"))?;
         for line in lines {
             println!("{line}");
         }

@@ -1,0 +1,158 @@
+//! `bulkhead ps [-a] [-q]`: lists containers as `docker ps` does.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::{control, Global};
+use crate::container::state::now;
+use crate::container::{self, ContainerConfig, ContainerState, Status};
+
+/// Arguments of `ps`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Show every container, not only running ones.
+    #[arg(short, long)]
+    pub all: bool,
+
+    /// Print only the container ids.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
+    let mut rows = Vec::new();
+    for (container, config) in container::list(&global.root)?.into_iter().rev() {
+        let state = container.state().unwrap_or_default();
+        let running = control::is_running(&state);
+        if !args.all && !running {
+            continue;
+        }
+        if args.quiet {
+            println!("{}", container.short_id());
+            continue;
+        }
+        rows.push([
+            container.short_id().to_owned(),
+            config.image.clone(),
+            quoted_command(&config),
+            format!(
+                "{} ago",
+                human_duration(now().saturating_sub(config.created))
+            ),
+            status_text(&state, running),
+            ports_text(&config),
+            config.name.clone(),
+        ]);
+    }
+    if !args.quiet {
+        print_table(
+            &[
+                "CONTAINER ID",
+                "IMAGE",
+                "COMMAND",
+                "CREATED",
+                "STATUS",
+                "PORTS",
+                "NAMES",
+            ],
+            &rows,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn quoted_command(config: &ContainerConfig) -> String {
+    let command = config.argv.join(" ");
+    let shortened: String = if command.chars().count() > 20 {
+        command.chars().take(19).chain(['…']).collect()
+    } else {
+        command
+    };
+    format!("\"{shortened}\"")
+}
+
+fn status_text(state: &ContainerState, running: bool) -> String {
+    match (state.status, running) {
+        (Status::Created, _) => "Created".to_owned(),
+        (Status::Running, true) => match state.started {
+            Some(started) => format!("Up {}", human_duration(now().saturating_sub(started))),
+            None => "Starting".to_owned(),
+        },
+        (Status::Running, false) => "Exited (supervisor gone)".to_owned(),
+        (Status::Exited, _) => {
+            let code = state.exit_code.map_or("?".to_owned(), |c| c.to_string());
+            let ago = state
+                .finished
+                .map(|finished| format!(" {} ago", human_duration(now().saturating_sub(finished))))
+                .unwrap_or_default();
+            let reason = if state.error.is_some() {
+                " (error, see inspect)"
+            } else {
+                ""
+            };
+            format!("Exited ({code}){ago}{reason}")
+        }
+    }
+}
+
+fn ports_text(config: &ContainerConfig) -> String {
+    config
+        .ports
+        .iter()
+        .map(|p| format!("{}:{}->{}/tcp", p.host_ip, p.host_port, p.container_port))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Formats seconds as Docker does: "5 seconds", "3 minutes", "2 hours", "4 days".
+fn human_duration(seconds: u64) -> String {
+    let (value, unit) = match seconds {
+        0..=1 => return "Less than a second".to_owned(),
+        2..=59 => (seconds, "second"),
+        60..=3599 => (seconds / 60, "minute"),
+        3600..=86399 => (seconds / 3600, "hour"),
+        _ => (seconds / 86400, "day"),
+    };
+    format!("{value} {unit}{}", if value == 1 { "" } else { "s" })
+}
+
+fn print_table(headers: &[&str; 7], rows: &[[String; 7]]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("   ").trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_docker() {
+        let cases = [
+            (0, "Less than a second"),
+            (5, "5 seconds"),
+            (60, "1 minute"),
+            (7200, "2 hours"),
+            (90000, "1 day"),
+        ];
+        for (seconds, expected) in cases {
+            assert_eq!(human_duration(seconds), expected);
+        }
+    }
+}

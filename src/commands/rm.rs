@@ -1,0 +1,58 @@
+//! `bulkhead rm [-f] CONTAINER...`: removes containers; `-f` kills running ones first.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use super::{control, Global};
+use crate::container;
+
+/// Arguments of `rm`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Kill a running container before removing it.
+    #[arg(short, long)]
+    pub force: bool,
+
+    /// Containers by name or id.
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
+    let mut failed = false;
+    for name in &args.containers {
+        match remove_one(global, name, args.force) {
+            Ok(()) => println!("{name}"),
+            Err(error) => {
+                eprintln!("bulkhead: {error:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn remove_one(global: &Global, name: &str, force: bool) -> Result<()> {
+    let container = container::find(&global.root, name)?;
+    let state = container.state()?;
+    if control::is_running(&state) {
+        if !force {
+            bail!("container {name} is running: stop it first, or use rm -f");
+        }
+        if control::request(&container, "kill-vm").is_err() {
+            // The supervisor does not answer: end the processes directly.
+            for pid in [state.vmm_pid, state.supervisor_pid].into_iter().flatten() {
+                // SAFETY: kill has no memory-safety requirements.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        control::wait_exited(&container, Duration::from_secs(30))?;
+    }
+    container.remove_files()
+}

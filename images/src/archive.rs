@@ -135,9 +135,14 @@ fn read_tar(ingest: &Ingest, reader: impl Read) -> Result<Contents> {
         let name = clean(&String::from_utf8_lossy(&entry.path_bytes()));
         match entry.header().entry_type() {
             tar::EntryType::Symlink | tar::EntryType::Link => {
-                let target = String::from_utf8_lossy(&entry.link_name_bytes().unwrap_or_default()).into_owned();
+                let target = String::from_utf8_lossy(&entry.link_name_bytes().unwrap_or_default())
+                    .into_owned();
                 // Hard link names are relative to the archive root, symlinks to their directory.
-                let target = if entry.header().entry_type() == tar::EntryType::Link { format!("/{target}") } else { target };
+                let target = if entry.header().entry_type() == tar::EntryType::Link {
+                    format!("/{target}")
+                } else {
+                    target
+                };
                 contents.symlinks.insert(name, target);
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -146,12 +151,17 @@ fn read_tar(ingest: &Ingest, reader: impl Read) -> Result<Contents> {
                         .copy_blob(&mut entry, None)
                         .map_err(|e| Error::Blob(name.clone(), e))?;
                     if digest != expected {
-                        let mismatch = store::Error::DigestMismatch { expected, actual: digest };
+                        let mismatch = store::Error::DigestMismatch {
+                            expected,
+                            actual: digest,
+                        };
                         return Err(Error::Blob(name, mismatch));
                     }
                     contents.blobs.insert(name, digest);
                 } else if name.ends_with("/layer.tar") || name.ends_with(".tar") {
-                    let digest = ingest.copy_blob(&mut entry, None).map_err(|e| Error::Blob(name.clone(), e))?;
+                    let digest = ingest
+                        .copy_blob(&mut entry, None)
+                        .map_err(|e| Error::Blob(name.clone(), e))?;
                     contents.blobs.insert(name, digest);
                 } else {
                     if entry.size() > MAX_METADATA_BYTES {
@@ -184,12 +194,24 @@ fn read_layout_dir(ingest: &Ingest, dir: &Path) -> Result<Contents> {
     for entry in fs::read_dir(&blobs).map_err(Error::Read)? {
         let entry = entry.map_err(Error::Read)?;
         let name = format!("blobs/sha256/{}", entry.file_name().to_string_lossy());
-        let Some(expected) = blob_name_digest(&name) else { continue };
+        let Some(expected) = blob_name_digest(&name) else {
+            continue;
+        };
         let mut file = fs::File::open(entry.path()).map_err(Error::Read)?;
         if !ingest.has_blob(&expected) {
-            ingest.copy_blob(&mut file, None).and_then(|digest| {
-                if digest == expected { Ok(()) } else { Err(store::Error::DigestMismatch { expected, actual: digest }) }
-            }).map_err(|e| Error::Blob(name.clone(), e))?;
+            ingest
+                .copy_blob(&mut file, None)
+                .and_then(|digest| {
+                    if digest == expected {
+                        Ok(())
+                    } else {
+                        Err(store::Error::DigestMismatch {
+                            expected,
+                            actual: digest,
+                        })
+                    }
+                })
+                .map_err(|e| Error::Blob(name.clone(), e))?;
         }
         contents.blobs.insert(name, expected);
     }
@@ -206,7 +228,11 @@ struct SaveEntry {
 }
 
 /// Turns each `manifest.json` entry into an OCI manifest blob in the ingest.
-fn docker_save_manifests(ingest: &Ingest, contents: &Contents, bytes: &[u8]) -> Result<Vec<(Digest, Vec<String>)>> {
+fn docker_save_manifests(
+    ingest: &Ingest,
+    contents: &Contents,
+    bytes: &[u8],
+) -> Result<Vec<(Digest, Vec<String>)>> {
     let entries: Vec<SaveEntry> =
         serde_json::from_slice(bytes).map_err(|e| Error::Json("manifest.json".into(), e))?;
     let mut imports = Vec::new();
@@ -214,15 +240,22 @@ fn docker_save_manifests(ingest: &Ingest, contents: &Contents, bytes: &[u8]) -> 
         let config_digest = match contents.blob(&entry.config) {
             Some(digest) => digest,
             None => {
-                let config = contents.files.get(&clean(&entry.config)).ok_or_else(|| Error::Missing(entry.config.clone()))?;
-                ingest.write_blob(config, None).map_err(|e| Error::Blob(entry.config.clone(), e))?
+                let config = contents
+                    .files
+                    .get(&clean(&entry.config))
+                    .ok_or_else(|| Error::Missing(entry.config.clone()))?;
+                ingest
+                    .write_blob(config, None)
+                    .map_err(|e| Error::Blob(entry.config.clone(), e))?
             }
         };
         let config_size = blob_size(ingest, &config_digest)?;
 
         let mut layers = Vec::new();
         for layer in &entry.layers {
-            let digest = contents.blob(layer).ok_or_else(|| Error::Missing(layer.clone()))?;
+            let digest = contents
+                .blob(layer)
+                .ok_or_else(|| Error::Missing(layer.clone()))?;
             layers.push(Descriptor {
                 media_type: oci::OCI_LAYER_TAR.to_string(),
                 digest,
@@ -244,7 +277,9 @@ fn docker_save_manifests(ingest: &Ingest, contents: &Contents, bytes: &[u8]) -> 
             layers,
         };
         let manifest_bytes = serde_json::to_vec(&manifest).expect("a manifest serialises");
-        let manifest_digest = ingest.write_blob(&manifest_bytes, None).map_err(|e| Error::Blob("manifest".into(), e))?;
+        let manifest_digest = ingest
+            .write_blob(&manifest_bytes, None)
+            .map_err(|e| Error::Blob("manifest".into(), e))?;
 
         let tags = entry
             .repo_tags
@@ -259,13 +294,20 @@ fn docker_save_manifests(ingest: &Ingest, contents: &Contents, bytes: &[u8]) -> 
 }
 
 fn blob_size(ingest: &Ingest, digest: &Digest) -> Result<u64> {
-    fs::metadata(ingest.blob_path(digest)).map(|m| m.len()).map_err(Error::Read)
+    fs::metadata(ingest.blob_path(digest))
+        .map(|m| m.len())
+        .map_err(Error::Read)
 }
 
 /// Resolves the entries of an OCI `index.json` to image manifests, descending into nested
 /// indexes for `platform`. Returns each manifest digest with its tags.
-fn oci_layout_manifests(ingest: &Ingest, bytes: &[u8], platform: &Platform) -> Result<Vec<(Digest, Vec<String>)>> {
-    let index: Index = serde_json::from_slice(bytes).map_err(|e| Error::Json("index.json".into(), e))?;
+fn oci_layout_manifests(
+    ingest: &Ingest,
+    bytes: &[u8],
+    platform: &Platform,
+) -> Result<Vec<(Digest, Vec<String>)>> {
+    let index: Index =
+        serde_json::from_slice(bytes).map_err(|e| Error::Json("index.json".into(), e))?;
     let mut imports = Vec::new();
     for descriptor in &index.manifests {
         let name = descriptor
@@ -274,13 +316,23 @@ fn oci_layout_manifests(ingest: &Ingest, bytes: &[u8], platform: &Platform) -> R
             .or_else(|| descriptor.annotations.get(ANNOTATION_REF_NAME))
             .filter(|name| name.contains('/') || name.contains(':'))
             .and_then(|name| name.parse::<Reference>().ok());
-        let tags: Vec<String> = name.iter().filter(|r| r.tag.is_some()).map(|r| r.to_string()).collect();
+        let tags: Vec<String> = name
+            .iter()
+            .filter(|r| r.tag.is_some())
+            .map(|r| r.to_string())
+            .collect();
 
         let manifest = if oci::is_index(&descriptor.media_type) {
-            let nested = ingest.read_blob(&descriptor.digest).map_err(|e| Error::Blob(descriptor.digest.to_string(), e))?;
-            let nested: Index = serde_json::from_slice(&nested).map_err(|e| Error::Json(descriptor.digest.to_string(), e))?;
+            let nested = ingest
+                .read_blob(&descriptor.digest)
+                .map_err(|e| Error::Blob(descriptor.digest.to_string(), e))?;
+            let nested: Index = serde_json::from_slice(&nested)
+                .map_err(|e| Error::Json(descriptor.digest.to_string(), e))?;
             crate::registry::select_platform(&nested, platform)
-                .map_err(|available| Error::Platform { wanted: platform.clone(), available })?
+                .map_err(|available| Error::Platform {
+                    wanted: platform.clone(),
+                    available,
+                })?
                 .digest
         } else {
             descriptor.digest

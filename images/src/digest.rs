@@ -57,7 +57,10 @@ impl FromStr for Digest {
         if algorithm != "sha256" {
             return Err(Error::Algorithm(s.to_string()));
         }
-        if hex_part.len() != 64 || !hex_part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        if hex_part.len() != 64
+            || !hex_part
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         {
             return Err(Error::Invalid(s.to_string()));
         }
@@ -102,12 +105,20 @@ pub struct Hashing<T> {
 impl<T> Hashing<T> {
     /// Wraps `inner`.
     pub fn new(inner: T) -> Self {
-        Hashing { inner, hasher: Sha256::new(), count: 0 }
+        Hashing {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
 
     /// Continues from a hasher state that already covers `count` bytes.
     pub fn resume(inner: T, hasher: Sha256, count: u64) -> Self {
-        Hashing { inner, hasher, count }
+        Hashing {
+            inner,
+            hasher,
+            count,
+        }
     }
 
     /// Bytes seen so far.
@@ -122,7 +133,11 @@ impl<T> Hashing<T> {
 
     /// Returns the inner value, the digest and the byte count.
     pub fn finish(self) -> (T, Digest, u64) {
-        (self.inner, Digest(self.hasher.finalize().into()), self.count)
+        (
+            self.inner,
+            Digest(self.hasher.finalize().into()),
+            self.count,
+        )
     }
 }
 
@@ -156,7 +171,9 @@ pub fn chain_id(diff_ids: &[Digest]) -> Digest {
     let Some(first) = iter.next() else {
         return Digest::of(b"");
     };
-    iter.fold(*first, |chain, diff| Digest::of(format!("{chain} {diff}").as_bytes()))
+    iter.fold(*first, |chain, diff| {
+        Digest::of(format!("{chain} {diff}").as_bytes())
+    })
 }
 
 #[cfg(test)]
@@ -167,14 +184,22 @@ mod tests {
     fn digest_round_trips() {
         let d = Digest::of(b"hello");
         let s = d.to_string();
-        assert_eq!(s, "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert_eq!(
+            s,
+            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
         assert_eq!(s.parse::<Digest>().unwrap(), d);
     }
 
     #[test]
     fn digest_rejects_bad_input() {
-        for bad in ["sha256:abc", "md5:00", "sha256:", "nocolon", &format!("sha256:{}", "A".repeat(64))]
-        {
+        for bad in [
+            "sha256:abc",
+            "md5:00",
+            "sha256:",
+            "nocolon",
+            &format!("sha256:{}", "A".repeat(64)),
+        ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad} parsed");
         }
     }

@@ -16,9 +16,9 @@ pub enum Error {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] store::Error),
-    /// The registry client failed.
+    /// The registry client failed (boxed, because its variants are large).
     #[error(transparent)]
-    Registry(#[from] registry::Error),
+    Registry(Box<registry::Error>),
     /// Reading an archive failed.
     #[error(transparent)]
     Archive(#[from] archive::Error),
@@ -43,11 +43,21 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// The config lists another number of diff ids than the manifest has layers.
-    #[error("image config {config} lists {diff_ids} diff ids but the manifest has {layers} layers")]
-    LayerCount { config: Digest, diff_ids: usize, layers: usize },
+    #[error(
+        "image config {config} lists {diff_ids} diff ids but the manifest has {layers} layers"
+    )]
+    LayerCount {
+        config: Digest,
+        diff_ids: usize,
+        layers: usize,
+    },
     /// A blob has another size than its descriptor states.
     #[error("blob {digest} has {actual} bytes but its descriptor says {expected}")]
-    BlobSize { digest: Digest, expected: u64, actual: u64 },
+    BlobSize {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
     /// A filesystem operation failed.
     #[error("failed to {op} {path}")]
     Io {
@@ -58,11 +68,17 @@ pub enum Error {
     },
 }
 
+impl From<registry::Error> for Error {
+    fn from(error: registry::Error) -> Self {
+        Error::Registry(Box::new(error))
+    }
+}
+
 /// Result alias for image operations.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// What a container of an image starts with, from the `config` object of the image config.
-/// Absent fields are `None` or empty.
+/// Container defaults from the `config` object of an image config. Absent fields are `None`
+/// or empty.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ImageConfigSummary {
     /// Entrypoint argv.
@@ -99,15 +115,18 @@ pub struct Images {
 impl Images {
     /// Opens the image store under the state directory `root`, with the registry options.
     pub fn open(root: &Path, registry: registry::Options) -> Result<Images> {
-        Ok(Images { store: Store::open(root)?, registry })
+        Ok(Images {
+            store: Store::open(root)?,
+            registry,
+        })
     }
 
-    /// The underlying store.
+    /// Returns the underlying store.
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    /// The registry options.
+    /// Returns the registry options.
     pub fn registry_options(&self) -> &registry::Options {
         &self.registry
     }
@@ -123,8 +142,11 @@ impl Images {
     pub fn get(&self, name: &str) -> Result<Image> {
         let record = self.store.find(name)?;
         let bytes = self.store.read_blob(&record.id)?;
-        let config = serde_json::from_slice(&bytes)
-            .map_err(|source| Error::Json { what: "image config", digest: record.id, source })?;
+        let config = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+            what: "image config",
+            digest: record.id,
+            source,
+        })?;
         Ok(Image { record, config })
     }
 
@@ -157,7 +179,11 @@ impl Images {
     }
 
     /// Pulls an image from its registry.
-    pub fn pull(&self, reference: &Reference, progress: &dyn registry::Progress) -> Result<ImageRecord> {
+    pub fn pull(
+        &self,
+        reference: &Reference,
+        progress: &dyn registry::Progress,
+    ) -> Result<ImageRecord> {
         registry::pull(self, reference, progress)
     }
 
@@ -169,10 +195,22 @@ impl Images {
     /// Returns the JSON `bulkhead inspect` prints: the record, the config and the layers.
     pub fn inspect(&self, name: &str) -> Result<serde_json::Value> {
         let image = self.get(name)?;
-        let config: serde_json::Value = serde_json::from_slice(&self.store.read_blob(&image.record.id)?)
-            .map_err(|source| Error::Json { what: "image config", digest: image.record.id, source })?;
-        let manifest: serde_json::Value = serde_json::from_slice(&self.store.read_blob(&image.record.manifest)?)
-            .map_err(|source| Error::Json { what: "manifest", digest: image.record.manifest, source })?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&self.store.read_blob(&image.record.id)?).map_err(|source| {
+                Error::Json {
+                    what: "image config",
+                    digest: image.record.id,
+                    source,
+                }
+            })?;
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &self.store.read_blob(&image.record.manifest)?,
+        )
+        .map_err(|source| Error::Json {
+            what: "manifest",
+            digest: image.record.manifest,
+            source,
+        })?;
         let disk = self.store.disk_path(&image.record.chain_id);
         Ok(serde_json::json!({
             "Id": image.record.id,
@@ -191,9 +229,9 @@ impl Images {
         }))
     }
 
-    /// Finishes an import whose manifest, config and layer blobs are all in `ingest`
-    /// or the store: checks sizes and diff ids by building the root disk (or reusing the
-    /// cached one), then moves everything into the store and records the image.
+    /// Finishes an import whose manifest, config and layer blobs are all in `ingest` or the
+    /// store. Building the root disk checks sizes and diff ids (a cached disk is reused).
+    /// Then the blobs and the disk move into the store and the image is recorded.
     pub(crate) fn commit_import(
         &self,
         ingest: &Ingest,
@@ -203,31 +241,36 @@ impl Images {
     ) -> Result<ImageRecord> {
         let manifest = read_manifest(ingest, &manifest_digest)?;
         let config_bytes = ingest.read_blob(&manifest.config.digest)?;
-        let config: ImageConfig = serde_json::from_slice(&config_bytes)
-            .map_err(|source| Error::Json { what: "image config", digest: manifest.config.digest, source })?;
+        let config: ImageConfig =
+            serde_json::from_slice(&config_bytes).map_err(|source| Error::Json {
+                what: "image config",
+                digest: manifest.config.digest,
+                source,
+            })?;
         check_blob_size(ingest, &manifest.config.digest, manifest.config.size)?;
         let chain = chain_id(&config.rootfs.diff_ids);
 
-        let disk_path = self.store.disk_path(&chain);
-        let size = if disk_path.exists() {
-            // The layers were verified when the cached disk was built; the blobs still are
-            // checked against their digests here.
-            for layer in &manifest.layers {
-                check_blob_size(ingest, &layer.digest, layer.size)?;
+        // A disk that an image with the same layers already uses is reused. Its layers' diff
+        // ids were checked when it was built, so only the blob sizes are checked here.
+        let cached_size = self
+            .store
+            .images()?
+            .iter()
+            .find(|image| image.chain_id == chain)
+            .map(|image| image.size)
+            .filter(|_| self.store.disk_path(&chain).exists());
+        let (disk, size) = match cached_size {
+            Some(size) => {
+                for layer in &manifest.layers {
+                    check_blob_size(ingest, &layer.digest, layer.size)?;
+                }
+                (None, size)
             }
-            self.store.images()?.iter().find(|i| i.chain_id == chain).map_or(0, |i| i.size)
-        } else {
-            let (disk, usage) = build_disk(ingest, &manifest, &config)?;
-            ingest.commit_disk(&disk, &chain)?;
-            usage.bytes
+            None => {
+                let (disk, usage) = build_disk(ingest, &manifest, &config)?;
+                (Some(disk), usage.bytes)
+            }
         };
-
-        for layer in &manifest.layers {
-            ingest.commit_blob(&layer.digest)?;
-        }
-        ingest.commit_blob(&manifest.config.digest)?;
-        ingest.commit_blob(&manifest_digest)?;
-        ingest.sync_store()?;
 
         let record = ImageRecord {
             id: manifest.config.digest,
@@ -239,7 +282,17 @@ impl Images {
             created: config.created.clone(),
             added: store::now(),
         };
-        self.store.add_image(record.clone())?;
+        self.store.add_image(record.clone(), || {
+            if let Some(disk) = &disk {
+                ingest.commit_disk(disk, &chain)?;
+            }
+            for layer in &manifest.layers {
+                ingest.commit_blob(&layer.digest)?;
+            }
+            ingest.commit_blob(&manifest.config.digest)?;
+            ingest.commit_blob(&manifest_digest)?;
+            ingest.sync_store()
+        })?;
         tracing::info!(id = %record.id, tags = ?record.tags, "stored image");
         Ok(record)
     }
@@ -247,21 +300,39 @@ impl Images {
 
 fn read_manifest(ingest: &Ingest, digest: &Digest) -> Result<Manifest> {
     let bytes = ingest.read_blob(digest)?;
-    serde_json::from_slice(&bytes).map_err(|source| Error::Json { what: "manifest", digest: *digest, source })
+    serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+        what: "manifest",
+        digest: *digest,
+        source,
+    })
 }
 
 fn check_blob_size(ingest: &Ingest, digest: &Digest, expected: u64) -> Result<()> {
     let path = ingest.blob_path(digest);
-    let actual = fs::metadata(&path).map_err(|source| Error::Io { op: "stat", path: path.clone(), source })?.len();
+    let actual = fs::metadata(&path)
+        .map_err(|source| Error::Io {
+            op: "stat",
+            path: path.clone(),
+            source,
+        })?
+        .len();
     if actual != expected {
-        return Err(Error::BlobSize { digest: *digest, expected, actual });
+        return Err(Error::BlobSize {
+            digest: *digest,
+            expected,
+            actual,
+        });
     }
     Ok(())
 }
 
 /// Applies the layers of `manifest` in order into a staging tree inside the ingest and
 /// builds the disk there. Returns the disk path and the content usage.
-fn build_disk(ingest: &Ingest, manifest: &Manifest, config: &ImageConfig) -> Result<(PathBuf, rootfs::Usage)> {
+fn build_disk(
+    ingest: &Ingest,
+    manifest: &Manifest,
+    config: &ImageConfig,
+) -> Result<(PathBuf, rootfs::Usage)> {
     let diff_ids = &config.rootfs.diff_ids;
     if diff_ids.len() != manifest.layers.len() {
         return Err(Error::LayerCount {
@@ -273,20 +344,34 @@ fn build_disk(ingest: &Ingest, manifest: &Manifest, config: &ImageConfig) -> Res
 
     let staging = ingest.dir().join("rootfs");
     let unpack_err = |index: usize, layer: Digest| {
-        move |source| Error::Unpack { layer, index: index + 1, count: diff_ids.len(), source }
+        move |source| Error::Unpack {
+            layer,
+            index: index + 1,
+            count: diff_ids.len(),
+            source,
+        }
     };
     unpack::create_root(&staging).map_err(unpack_err(0, Digest::of(b"")))?;
     for (index, (layer, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
         check_blob_size(ingest, &layer.digest, layer.size)?;
         let path = ingest.blob_path(&layer.digest);
-        let file = fs::File::open(&path).map_err(|source| Error::Io { op: "open", path: path.clone(), source })?;
-        let stats = unpack::apply_layer(&staging, file, Some(diff_id)).map_err(unpack_err(index, layer.digest))?;
+        let file = fs::File::open(&path).map_err(|source| Error::Io {
+            op: "open",
+            path: path.clone(),
+            source,
+        })?;
+        let stats = unpack::apply_layer(&staging, file, Some(diff_id))
+            .map_err(unpack_err(index, layer.digest))?;
         tracing::debug!(layer = %layer.digest, entries = stats.entries, bytes = stats.bytes, "applied layer");
     }
 
     let disk = ingest.dir().join("disk.ext4");
     let usage = rootfs::build(&staging, &disk)?;
-    fs::remove_dir_all(&staging).map_err(|source| Error::Io { op: "remove", path: staging.clone(), source })?;
+    fs::remove_dir_all(&staging).map_err(|source| Error::Io {
+        op: "remove",
+        path: staging.clone(),
+        source,
+    })?;
     Ok((disk, usage))
 }
 

@@ -25,7 +25,10 @@ pub enum Error {
         "invalid reference {reference:?}: repository component {component:?} must be lowercase \
          letters and digits separated by '.', '_', '__' or dashes"
     )]
-    Component { reference: String, component: String },
+    Component {
+        reference: String,
+        component: String,
+    },
     /// The tag breaks the naming rules.
     #[error("invalid reference {reference:?}: tag {tag:?} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}")]
     Tag { reference: String, tag: String },
@@ -95,7 +98,11 @@ impl Reference {
 
     /// The same repository with `tag` and no digest.
     pub fn with_tag(&self, tag: &str) -> Reference {
-        Reference { tag: Some(tag.to_string()), digest: None, ..self.clone() }
+        Reference {
+            tag: Some(tag.to_string()),
+            digest: None,
+            ..self.clone()
+        }
     }
 }
 
@@ -122,9 +129,10 @@ impl FromStr for Reference {
 
         let (rest, digest) = match input.split_once('@') {
             Some((rest, digest)) => {
-                let digest = digest
-                    .parse()
-                    .map_err(|source| Error::Digest { reference: input.to_string(), source })?;
+                let digest = digest.parse().map_err(|source| Error::Digest {
+                    reference: input.to_string(),
+                    source,
+                })?;
                 (rest, Some(digest))
             }
             None => (input, None),
@@ -138,7 +146,10 @@ impl FromStr for Reference {
         };
         if let Some(tag) = tag {
             if !valid_tag(tag) {
-                return Err(Error::Tag { reference: input.to_string(), tag: tag.to_string() });
+                return Err(Error::Tag {
+                    reference: input.to_string(),
+                    tag: tag.to_string(),
+                });
             }
         }
 
@@ -150,7 +161,11 @@ impl FromStr for Reference {
             }
             _ => (DEFAULT_REGISTRY.to_string(), name.to_string()),
         };
-        let registry = if registry == "index.docker.io" { DEFAULT_REGISTRY.to_string() } else { registry };
+        let registry = if registry == "index.docker.io" {
+            DEFAULT_REGISTRY.to_string()
+        } else {
+            registry
+        };
         let repository = if registry == DEFAULT_REGISTRY && !repository.contains('/') {
             format!("library/{repository}")
         } else {
@@ -174,7 +189,12 @@ impl FromStr for Reference {
             (None, Some(_)) => None,
             (None, None) => Some(DEFAULT_TAG.to_string()),
         };
-        Ok(Reference { registry, repository, tag, digest })
+        Ok(Reference {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
     }
 }
 
@@ -210,7 +230,9 @@ fn valid_tag(tag: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= 128
         && (bytes[0].is_ascii_alphanumeric() || bytes[0] == b'_')
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 #[cfg(test)]
@@ -223,22 +245,78 @@ mod tests {
     fn parses_like_docker() {
         // (input, registry, repository, tag, digest)
         let cases: &[(&str, &str, &str, Option<&str>, bool)] = &[
-            ("busybox", "docker.io", "library/busybox", Some("latest"), false),
-            ("busybox:1.36", "docker.io", "library/busybox", Some("1.36"), false),
+            (
+                "busybox",
+                "docker.io",
+                "library/busybox",
+                Some("latest"),
+                false,
+            ),
+            (
+                "busybox:1.36",
+                "docker.io",
+                "library/busybox",
+                Some("1.36"),
+                false,
+            ),
             ("user/app", "docker.io", "user/app", Some("latest"), false),
-            ("docker.io/busybox", "docker.io", "library/busybox", Some("latest"), false),
-            ("index.docker.io/library/debian:12", "docker.io", "library/debian", Some("12"), false),
+            (
+                "docker.io/busybox",
+                "docker.io",
+                "library/busybox",
+                Some("latest"),
+                false,
+            ),
+            (
+                "index.docker.io/library/debian:12",
+                "docker.io",
+                "library/debian",
+                Some("12"),
+                false,
+            ),
             ("localhost/app", "localhost", "app", Some("latest"), false),
-            ("127.0.0.1:5000/a/b:v1", "127.0.0.1:5000", "a/b", Some("v1"), false),
-            ("localhost:5000/app", "localhost:5000", "app", Some("latest"), false),
-            ("quay.io/org/sub/img:t", "quay.io", "org/sub/img", Some("t"), false),
+            (
+                "127.0.0.1:5000/a/b:v1",
+                "127.0.0.1:5000",
+                "a/b",
+                Some("v1"),
+                false,
+            ),
+            (
+                "localhost:5000/app",
+                "localhost:5000",
+                "app",
+                Some("latest"),
+                false,
+            ),
+            (
+                "quay.io/org/sub/img:t",
+                "quay.io",
+                "org/sub/img",
+                Some("t"),
+                false,
+            ),
             ("busybox@DIGEST", "docker.io", "library/busybox", None, true),
-            ("busybox:1@DIGEST", "docker.io", "library/busybox", Some("1"), true),
-            ("a__b.c-d---e", "docker.io", "library/a__b.c-d---e", Some("latest"), false),
+            (
+                "busybox:1@DIGEST",
+                "docker.io",
+                "library/busybox",
+                Some("1"),
+                true,
+            ),
+            (
+                "a__b.c-d---e",
+                "docker.io",
+                "library/a__b.c-d---e",
+                Some("latest"),
+                false,
+            ),
         ];
         for (i, (input, registry, repository, tag, has_digest)) in cases.iter().enumerate() {
             let input = input.replace("DIGEST", DIGEST);
-            let r: Reference = input.parse().unwrap_or_else(|e| panic!("case {i} {input}: {e}"));
+            let r: Reference = input
+                .parse()
+                .unwrap_or_else(|e| panic!("case {i} {input}: {e}"));
             assert_eq!(r.registry, *registry, "case {i} {input}");
             assert_eq!(r.repository, *repository, "case {i} {input}");
             assert_eq!(r.tag.as_deref(), *tag, "case {i} {input}");

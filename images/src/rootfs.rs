@@ -29,7 +29,10 @@ pub enum Error {
     Spawn(#[source] io::Error),
     /// `mkfs.ext4` failed for another reason than space.
     #[error("mkfs.ext4 failed with {status}: {output}")]
-    Mkfs { status: std::process::ExitStatus, output: String },
+    Mkfs {
+        status: std::process::ExitStatus,
+        output: String,
+    },
     /// The content did not fit even after growing the disk.
     #[error("mkfs.ext4 ran out of space {attempts} times; last size {size} bytes")]
     NoSpace { attempts: u32, size: u64 },
@@ -39,8 +42,14 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Directories every container needs, created (mode 0755, /tmp 1777) when the image lacks them.
-pub const REQUIRED_DIRS: &[(&str, u32)] =
-    &[("proc", 0o555), ("sys", 0o555), ("dev", 0o755), ("tmp", 0o1777), ("etc", 0o755), ("run", 0o755)];
+pub const REQUIRED_DIRS: &[(&str, u32)] = &[
+    ("proc", 0o555),
+    ("sys", 0o555),
+    ("dev", 0o755),
+    ("tmp", 0o1777),
+    ("etc", 0o755),
+    ("run", 0o755),
+];
 
 /// Smallest disk built, so that tiny images still leave room for the ext4 metadata.
 pub const MIN_DISK_BYTES: u64 = 16 << 20;
@@ -66,12 +75,24 @@ pub fn measure(root: &Path) -> Result<Usage> {
     let mut seen = HashSet::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let entries = fs::read_dir(&dir).map_err(|source| Error::Io { op: "read directory", path: dir.clone(), source })?;
+        let entries = fs::read_dir(&dir).map_err(|source| Error::Io {
+            op: "read directory",
+            path: dir.clone(),
+            source,
+        })?;
         usage.inodes += 1;
         usage.blocks += 1;
         for entry in entries {
-            let entry = entry.map_err(|source| Error::Io { op: "read directory", path: dir.clone(), source })?;
-            let meta = entry.metadata().map_err(|source| Error::Io { op: "stat", path: entry.path(), source })?;
+            let entry = entry.map_err(|source| Error::Io {
+                op: "read directory",
+                path: dir.clone(),
+                source,
+            })?;
+            let meta = entry.metadata().map_err(|source| Error::Io {
+                op: "stat",
+                path: entry.path(),
+                source,
+            })?;
             if meta.is_dir() {
                 stack.push(entry.path());
                 continue;
@@ -97,9 +118,18 @@ pub fn add_required_dirs(root: &Path) -> Result<()> {
         if fs::symlink_metadata(&path).is_ok() {
             continue;
         }
-        fs::create_dir(&path).map_err(|source| Error::Io { op: "create", path: path.clone(), source })?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(*mode))
-            .map_err(|source| Error::Io { op: "chmod", path: path.clone(), source })?;
+        fs::create_dir(&path).map_err(|source| Error::Io {
+            op: "create",
+            path: path.clone(),
+            source,
+        })?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).map_err(|source| {
+            Error::Io {
+                op: "chmod",
+                path: path.clone(),
+                source,
+            }
+        })?;
     }
     Ok(())
 }
@@ -122,13 +152,30 @@ pub fn build(staging: &Path, output: &Path) -> Result<Usage> {
 
     for attempt in 1..=ATTEMPTS {
         let _ = fs::remove_file(output);
-        let file = fs::File::create(output).map_err(|source| Error::Io { op: "create", path: output.to_path_buf(), source })?;
-        file.set_len(size).map_err(|source| Error::Io { op: "size", path: output.to_path_buf(), source })?;
+        let file = fs::File::create(output).map_err(|source| Error::Io {
+            op: "create",
+            path: output.to_path_buf(),
+            source,
+        })?;
+        file.set_len(size).map_err(|source| Error::Io {
+            op: "size",
+            path: output.to_path_buf(),
+            source,
+        })?;
         drop(file);
 
         let result = Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-m", "0"])
-            .args(["-O", "^has_journal", "-E", "root_owner=0:0", "-L", "bulkhead-root"])
+            .args([
+                "-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-m", "0",
+            ])
+            .args([
+                "-O",
+                "^has_journal",
+                "-E",
+                "root_owner=0:0",
+                "-L",
+                "bulkhead-root",
+            ])
             .arg("-N")
             .arg(inodes.to_string())
             .arg("-d")
@@ -141,20 +188,37 @@ pub fn build(staging: &Path, output: &Path) -> Result<Usage> {
             return Ok(usage);
         }
 
-        let output_text = String::from_utf8_lossy(&result.stderr).into_owned() + &String::from_utf8_lossy(&result.stdout);
-        let no_space = ["No space left", "Could not allocate", "inodes", "out of space"]
-            .iter()
-            .any(|needle| output_text.contains(needle));
+        let output_text = String::from_utf8_lossy(&result.stderr).into_owned()
+            + &String::from_utf8_lossy(&result.stdout);
+        let no_space = [
+            "No space left",
+            "Could not allocate",
+            "inodes",
+            "out of space",
+        ]
+        .iter()
+        .any(|needle| output_text.contains(needle));
         if !no_space {
             let _ = fs::remove_file(output);
-            return Err(Error::Mkfs { status: result.status, output: output_text.trim().to_string() });
+            return Err(Error::Mkfs {
+                status: result.status,
+                output: output_text.trim().to_string(),
+            });
         }
-        tracing::info!(size, inodes, attempt, "root disk too small, retrying larger");
+        tracing::info!(
+            size,
+            inodes,
+            attempt,
+            "root disk too small, retrying larger"
+        );
         size += size / 2;
         inodes += inodes / 2;
     }
     let _ = fs::remove_file(output);
-    Err(Error::NoSpace { attempts: ATTEMPTS, size })
+    Err(Error::NoSpace {
+        attempts: ATTEMPTS,
+        size,
+    })
 }
 
 #[cfg(test)]
@@ -167,7 +231,11 @@ mod tests {
         assert_eq!(small, MIN_DISK_BYTES);
         assert_eq!(small_inodes, 4096);
 
-        let big = Usage { bytes: 1 << 30, blocks: (1 << 30) / BLOCK, inodes: 100_000 };
+        let big = Usage {
+            bytes: 1 << 30,
+            blocks: (1 << 30) / BLOCK,
+            inodes: 100_000,
+        };
         let (size, inodes) = disk_geometry(&big);
         assert!(size > big.bytes + big.bytes / 5, "size {size}");
         assert!(inodes >= 125_000, "inodes {inodes}");

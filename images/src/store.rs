@@ -42,7 +42,11 @@ pub enum Error {
     DigestMismatch { expected: Digest, actual: Digest },
     /// Content did not have the size its descriptor states.
     #[error("size mismatch for {digest}: expected {expected} bytes, got {actual}")]
-    SizeMismatch { digest: Digest, expected: u64, actual: u64 },
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
     /// A blob is missing from the store.
     #[error("blob {0} not found in the store")]
     BlobNotFound(Digest),
@@ -65,7 +69,11 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io { op, path: path.to_path_buf(), source }
+    move |source| Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// One image in the index.
@@ -111,7 +119,9 @@ impl Store {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(io_err("create directory", &path))?;
         }
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
     }
 
     /// The state directory.
@@ -131,7 +141,9 @@ impl Store {
 
     /// Path of the root disk for a chain id (which may not exist).
     pub fn disk_path(&self, chain_id: &Digest) -> PathBuf {
-        self.root.join("rootfs").join(format!("{}.ext4", chain_id.hex()))
+        self.root
+            .join("rootfs")
+            .join(format!("{}.ext4", chain_id.hex()))
     }
 
     /// Reads a small blob (manifest or config) and checks its digest.
@@ -156,12 +168,26 @@ impl Store {
         find_in(&images, name).cloned()
     }
 
-    /// Adds `record` to the index, or merges its names into the record with the same id. A tag
-    /// that named another image moves to this one; an image left without names stays listed
-    /// as `<none>` until `rmi` removes it.
-    pub fn add_image(&self, record: ImageRecord) -> Result<()> {
-        self.update_index(|index| {
-            for other in index.images.iter_mut().filter(|other| other.id != record.id) {
+    /// Runs `move_files` (which moves an ingest's blobs and disk into the store) and then adds
+    /// `record` to the index, both under the index lock. So [`Store::gc`], which takes the same
+    /// lock, never sees the moved files before the index names them.
+    ///
+    /// The record is merged into an existing one with the same id. A tag that named another
+    /// image moves to this one. An image left without names stays listed as `<none>` until
+    /// `rmi` removes it.
+    pub fn add_image(
+        &self,
+        record: ImageRecord,
+        move_files: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let _lock = self.lock()?;
+        move_files()?;
+        self.update_index_locked(|index| {
+            for other in index
+                .images
+                .iter_mut()
+                .filter(|other| other.id != record.id)
+            {
                 other.tags.retain(|tag| !record.tags.contains(tag));
             }
             match index.images.iter_mut().find(|image| image.id == record.id) {
@@ -257,7 +283,11 @@ impl Store {
             };
             if stale {
                 let path = entry.path();
-                let result = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                let result = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
                 result.map_err(io_err("remove", &path))?;
                 removed += 1;
             }
@@ -284,8 +314,10 @@ impl Store {
     fn read_index(&self) -> Result<IndexFile> {
         let path = self.root.join("images.json");
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| Error::CorruptIndex { path: path.clone(), source }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| Error::CorruptIndex {
+                path: path.clone(),
+                source,
+            }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(IndexFile::default()),
             Err(e) => Err(io_err("read", &path)(e)),
         }
@@ -293,6 +325,11 @@ impl Store {
 
     fn update_index(&self, change: impl FnOnce(&mut IndexFile) -> Result<()>) -> Result<()> {
         let _lock = self.lock()?;
+        self.update_index_locked(change)
+    }
+
+    /// Rewrites the index; the caller holds the lock.
+    fn update_index_locked(&self, change: impl FnOnce(&mut IndexFile) -> Result<()>) -> Result<()> {
         let mut index = self.read_index()?;
         change(&mut index)?;
         let bytes = serde_json::to_vec_pretty(&index).expect("the index serialises");
@@ -304,7 +341,10 @@ fn find_in<'a>(images: &'a [ImageRecord], name: &str) -> Result<&'a ImageRecord>
     let id_hex = name.strip_prefix("sha256:").unwrap_or(name);
     let is_hex = id_hex.len() >= 4 && id_hex.bytes().all(|b| b.is_ascii_hexdigit());
     if is_hex {
-        let matches: Vec<_> = images.iter().filter(|i| i.id.hex().starts_with(id_hex)).collect();
+        let matches: Vec<_> = images
+            .iter()
+            .filter(|i| i.id.hex().starts_with(id_hex))
+            .collect();
         match matches.as_slice() {
             [one] => return Ok(one),
             [] => {}
@@ -315,7 +355,9 @@ fn find_in<'a>(images: &'a [ImageRecord], name: &str) -> Result<&'a ImageRecord>
         let found = match reference.digest {
             Some(digest) => {
                 let wanted = format!("{}@{}", reference.name(), digest);
-                images.iter().find(|i| i.repo_digests.contains(&wanted) || i.manifest == digest)
+                images
+                    .iter()
+                    .find(|i| i.repo_digests.contains(&wanted) || i.manifest == digest)
             }
             None => {
                 let wanted = reference.to_string();
@@ -352,7 +394,10 @@ pub(crate) fn read_verified(path: &Path, digest: &Digest) -> Result<Vec<u8>> {
     };
     let actual = Digest::of(&bytes);
     if actual != *digest {
-        return Err(Error::DigestMismatch { expected: *digest, actual });
+        return Err(Error::DigestMismatch {
+            expected: *digest,
+            actual,
+        });
     }
     Ok(bytes)
 }
@@ -361,15 +406,23 @@ pub(crate) fn read_verified(path: &Path, digest: &Digest) -> Result<Vec<u8>> {
 /// fsyncs the directory.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().expect("a file path has a parent");
-    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(io_err("create temporary file in", dir))?;
-    file.write_all(bytes).map_err(io_err("write", file.path()))?;
+    let mut file =
+        tempfile::NamedTempFile::new_in(dir).map_err(io_err("create temporary file in", dir))?;
+    file.write_all(bytes)
+        .map_err(io_err("write", file.path()))?;
     file.as_file().sync_all().map_err(io_err("fsync", path))?;
-    file.persist(path).map_err(|e| Error::Io { op: "rename onto", path: path.to_path_buf(), source: e.error })?;
+    file.persist(path).map_err(|e| Error::Io {
+        op: "rename onto",
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
     sync_dir(dir)
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
 }
 
 /// A private directory for one pull or load. Blobs land here first; [`Ingest::commit_blob`]
@@ -391,10 +444,17 @@ impl Ingest {
             .keep();
         let lock_path = dir.join("lock");
         let lock = File::create(&lock_path).map_err(io_err("create", &lock_path))?;
-        flock(&lock, FlockOperation::LockExclusive)
-            .map_err(|e| Error::Io { op: "lock", path: lock_path.clone(), source: e.into() })?;
+        flock(&lock, FlockOperation::LockExclusive).map_err(|e| Error::Io {
+            op: "lock",
+            path: lock_path.clone(),
+            source: e.into(),
+        })?;
         fs::create_dir(dir.join("blobs")).map_err(io_err("create directory", &dir))?;
-        Ok(Ingest { store: store.clone(), dir, _lock: lock })
+        Ok(Ingest {
+            store: store.clone(),
+            dir,
+            _lock: lock,
+        })
     }
 
     /// The ingest directory, for scratch files such as the staging tree.
@@ -430,12 +490,18 @@ impl Ingest {
     /// Stores `bytes` as a blob, checking them against `expected` if given.
     pub fn write_blob(&self, bytes: &[u8], expected: Option<(&Digest, u64)>) -> Result<Digest> {
         let mut writer = self.blob_writer()?;
-        writer.write_all(bytes).map_err(io_err("write", &self.dir))?;
+        writer
+            .write_all(bytes)
+            .map_err(io_err("write", &self.dir))?;
         writer.finish(expected)
     }
 
     /// Copies a blob from a reader, checking it against `expected` if given.
-    pub fn copy_blob(&self, reader: &mut dyn Read, expected: Option<(&Digest, u64)>) -> Result<Digest> {
+    pub fn copy_blob(
+        &self,
+        reader: &mut dyn Read,
+        expected: Option<(&Digest, u64)>,
+    ) -> Result<Digest> {
         let mut writer = self.blob_writer()?;
         io::copy(reader, &mut writer).map_err(io_err("copy blob into", &self.dir))?;
         writer.finish(expected)
@@ -443,8 +509,12 @@ impl Ingest {
 
     /// Opens a writer for a blob whose digest is known only at the end.
     pub fn blob_writer(&self) -> Result<BlobWriter> {
-        let file = tempfile::NamedTempFile::new_in(&self.dir).map_err(io_err("create temporary file in", &self.dir))?;
-        Ok(BlobWriter { hashing: Hashing::new(io::BufWriter::new(file)), blobs: self.dir.join("blobs") })
+        let file = tempfile::NamedTempFile::new_in(&self.dir)
+            .map_err(io_err("create temporary file in", &self.dir))?;
+        Ok(BlobWriter {
+            hashing: Hashing::new(io::BufWriter::new(file)),
+            blobs: self.dir.join("blobs"),
+        })
     }
 
     /// Names a fully written and verified file in the ingest by its digest.
@@ -504,10 +574,17 @@ impl BlobWriter {
         let (writer, digest, size) = self.hashing.finish();
         if let Some((expected_digest, expected_size)) = expected {
             if size != expected_size {
-                return Err(Error::SizeMismatch { digest: *expected_digest, expected: expected_size, actual: size });
+                return Err(Error::SizeMismatch {
+                    digest: *expected_digest,
+                    expected: expected_size,
+                    actual: size,
+                });
             }
             if digest != *expected_digest {
-                return Err(Error::DigestMismatch { expected: *expected_digest, actual: digest });
+                return Err(Error::DigestMismatch {
+                    expected: *expected_digest,
+                    actual: digest,
+                });
             }
         }
         let file = writer.into_inner().map_err(|e| Error::Io {
@@ -515,9 +592,15 @@ impl BlobWriter {
             path: self.blobs.clone(),
             source: e.into_error(),
         })?;
-        file.as_file().sync_all().map_err(io_err("fsync", file.path()))?;
+        file.as_file()
+            .sync_all()
+            .map_err(io_err("fsync", file.path()))?;
         let target = self.blobs.join(digest.hex());
-        file.persist(&target).map_err(|e| Error::Io { op: "rename onto", path: target.clone(), source: e.error })?;
+        file.persist(&target).map_err(|e| Error::Io {
+            op: "rename onto",
+            path: target.clone(),
+            source: e.error,
+        })?;
         Ok(digest)
     }
 }
@@ -534,5 +617,7 @@ impl Write for BlobWriter {
 
 /// Seconds since the Unix epoch.
 pub(crate) fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

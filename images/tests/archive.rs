@@ -11,7 +11,14 @@ use images::registry::Options;
 use images::{Digest, Images};
 
 fn open_images(root: &Path) -> Images {
-    Images::open(root, Options { auth_file: None, ..Options::default() }).unwrap()
+    Images::open(
+        root,
+        Options {
+            auth_file: None,
+            ..Options::default()
+        },
+    )
+    .unwrap()
 }
 
 fn config(diff_ids: &[Digest], cmd: &str) -> Vec<u8> {
@@ -31,13 +38,18 @@ fn append(builder: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) {
     builder.append_data(&mut header, name, data).unwrap();
 }
 
-/// A `docker save` archive with two images sharing a layer, a 0-byte layer, and a layer
+/// Builds a `docker save` archive with two images sharing a layer, a 0-byte layer, and a layer
 /// repeated through a symlink as Docker writes it.
 fn docker_save_archive() -> (Vec<u8>, Digest, Digest) {
     let base = layer(&[Entry::dir("bin"), Entry::file("bin/tool", "tool")]);
     let top = layer(&[Entry::file("etc/app", "app")]);
     let empty: Vec<u8> = Vec::new();
-    let first_diffs = [Digest::of(&base), Digest::of(&empty), Digest::of(&base), Digest::of(&top)];
+    let first_diffs = [
+        Digest::of(&base),
+        Digest::of(&empty),
+        Digest::of(&base),
+        Digest::of(&top),
+    ];
     let first_config = config(&first_diffs, "/bin/tool");
     let second_config = config(&[Digest::of(&base)], "/bin/other");
 
@@ -48,17 +60,31 @@ fn docker_save_archive() -> (Vec<u8>, Digest, Digest) {
     let mut link = tar::Header::new_gnu();
     link.set_entry_type(tar::EntryType::Symlink);
     link.set_size(0);
-    builder.append_link(&mut link, "ccc/layer.tar", "../aaa/layer.tar").unwrap();
+    builder
+        .append_link(&mut link, "ccc/layer.tar", "../aaa/layer.tar")
+        .unwrap();
     let first_id = Digest::of(&first_config);
     let second_id = Digest::of(&second_config);
-    append(&mut builder, &format!("{}.json", first_id.hex()), &first_config);
-    append(&mut builder, &format!("{}.json", second_id.hex()), &second_config);
+    append(
+        &mut builder,
+        &format!("{}.json", first_id.hex()),
+        &first_config,
+    );
+    append(
+        &mut builder,
+        &format!("{}.json", second_id.hex()),
+        &second_config,
+    );
     let manifest = serde_json::json!([
         {"Config": format!("{}.json", first_id.hex()), "RepoTags": ["app:v1", "example.com/team/app:latest"],
          "Layers": ["aaa/layer.tar", "bbb/layer.tar", "ccc/layer.tar", "ddd/layer.tar"]},
         {"Config": format!("{}.json", second_id.hex()), "RepoTags": null, "Layers": ["aaa/layer.tar"]},
     ]);
-    append(&mut builder, "manifest.json", &serde_json::to_vec(&manifest).unwrap());
+    append(
+        &mut builder,
+        "manifest.json",
+        &serde_json::to_vec(&manifest).unwrap(),
+    );
     append(&mut builder, "repositories", br#"{"app":{"v1":"x"}}"#);
     (builder.into_inner().unwrap(), first_id, second_id)
 }
@@ -68,10 +94,18 @@ fn docker_save_with_two_images() {
     let (archive, first_id, second_id) = docker_save_archive();
     let state = tempfile::tempdir().unwrap();
     let images = open_images(state.path());
-    let records = images.load(Source::Stream(Box::new(std::io::Cursor::new(archive)))).unwrap();
+    let records = images
+        .load(Source::Stream(Box::new(std::io::Cursor::new(archive))))
+        .unwrap();
     assert_eq!(records.len(), 2);
     assert_eq!(records[0].id, first_id);
-    assert_eq!(records[0].tags, vec!["docker.io/library/app:v1".to_string(), "example.com/team/app:latest".to_string()]);
+    assert_eq!(
+        records[0].tags,
+        vec![
+            "docker.io/library/app:v1".to_string(),
+            "example.com/team/app:latest".to_string()
+        ]
+    );
     assert_eq!(records[1].id, second_id);
     assert!(records[1].tags.is_empty());
 
@@ -80,11 +114,19 @@ fn docker_save_with_two_images() {
     assert_fsck_clean(&disk);
     assert_eq!(debugfs(&disk, "cat /bin/tool"), "tool");
     assert_eq!(debugfs(&disk, "cat /etc/app"), "app");
-    assert_eq!(images.runtime_config(&second_id.to_string()).unwrap().cmd, Some(vec!["/bin/other".to_string()]));
+    assert_eq!(
+        images.runtime_config(&second_id.to_string()).unwrap().cmd,
+        Some(vec!["/bin/other".to_string()])
+    );
 
     // The shared layer is stored once: base, empty and top layers plus two configs and two
     // synthesised manifests.
-    assert_eq!(fs::read_dir(state.path().join("blobs/sha256")).unwrap().count(), 7);
+    assert_eq!(
+        fs::read_dir(state.path().join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        7
+    );
 }
 
 #[test]
@@ -93,16 +135,23 @@ fn oci_layout_directory_and_tar() {
     let written = write_layout(
         layout.path(),
         "example.com/oci/app:2",
-        &[(layer(&[Entry::file("hello", "oci")]), Compress::Zstd), (layer(&[]), Compress::Gzip)],
+        &[
+            (layer(&[Entry::file("hello", "oci")]), Compress::Zstd),
+            (layer(&[]), Compress::Gzip),
+        ],
     );
 
     let state = tempfile::tempdir().unwrap();
     let images = open_images(state.path());
-    let records = images.load(Source::Path(layout.path().to_path_buf())).unwrap();
+    let records = images
+        .load(Source::Path(layout.path().to_path_buf()))
+        .unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].id, written.config);
     assert_eq!(records[0].tags, vec!["example.com/oci/app:2".to_string()]);
-    let disk = images.disk(&images.get("example.com/oci/app:2").unwrap()).unwrap();
+    let disk = images
+        .disk(&images.get("example.com/oci/app:2").unwrap())
+        .unwrap();
     assert_eq!(debugfs(&disk, "cat /hello"), "oci");
 
     // The same layout as a tar file, loaded into another store.
@@ -111,7 +160,9 @@ fn oci_layout_directory_and_tar() {
     let tar_path = layout.path().with_extension("tar");
     fs::write(&tar_path, builder.into_inner().unwrap()).unwrap();
     let other = tempfile::tempdir().unwrap();
-    let records = open_images(other.path()).load(Source::Path(tar_path.clone())).unwrap();
+    let records = open_images(other.path())
+        .load(Source::Path(tar_path.clone()))
+        .unwrap();
     assert_eq!(records[0].id, written.config);
     fs::remove_file(tar_path).unwrap();
 }
@@ -119,7 +170,11 @@ fn oci_layout_directory_and_tar() {
 #[test]
 fn tampered_layout_blob_is_rejected() {
     let layout = tempfile::tempdir().unwrap();
-    let written = write_layout(layout.path(), "v1", &[(layer(&[Entry::file("f", "x")]), Compress::None)]);
+    let written = write_layout(
+        layout.path(),
+        "v1",
+        &[(layer(&[Entry::file("f", "x")]), Compress::None)],
+    );
     let blob = common::layout_blob(layout.path(), &written.layers[0]);
     let mut bytes = fs::read(&blob).unwrap();
     bytes[600] ^= 1;
@@ -127,10 +182,17 @@ fn tampered_layout_blob_is_rejected() {
 
     let state = tempfile::tempdir().unwrap();
     let images = open_images(state.path());
-    let error = images.load(Source::Path(layout.path().to_path_buf())).unwrap_err();
+    let error = images
+        .load(Source::Path(layout.path().to_path_buf()))
+        .unwrap_err();
     assert!(format!("{error:?}").contains("DigestMismatch"), "{error:?}");
     assert!(images.list().unwrap().is_empty());
-    assert_eq!(fs::read_dir(state.path().join("blobs/sha256")).unwrap().count(), 0);
+    assert_eq!(
+        fs::read_dir(state.path().join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
     assert_eq!(fs::read_dir(state.path().join("tmp")).unwrap().count(), 0);
 }
 
@@ -140,6 +202,13 @@ fn not_an_archive_is_rejected() {
     let images = open_images(state.path());
     let mut builder = tar::Builder::new(Vec::new());
     append(&mut builder, "readme.txt", b"hello");
-    let error = images.load(Source::Stream(Box::new(std::io::Cursor::new(builder.into_inner().unwrap())))).unwrap_err();
-    assert!(error.to_string().contains("no manifest.json or index.json"), "{error}");
+    let error = images
+        .load(Source::Stream(Box::new(std::io::Cursor::new(
+            builder.into_inner().unwrap(),
+        ))))
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("no manifest.json or index.json"),
+        "{error}"
+    );
 }

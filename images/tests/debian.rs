@@ -15,8 +15,14 @@ const CACHE: &str = "/var/cache/bulkhead/debian-bookworm-minbase";
 const MIRROR: &str = "http://deb.debian.org/debian";
 
 fn run(command: &mut Command) {
-    let output = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Returns the cached minbase tree, running debootstrap first if the cache lacks it.
@@ -28,7 +34,10 @@ pub fn minbase_tree() -> PathBuf {
     let partial = cache.with_extension("partial");
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).unwrap();
-    run(Command::new("debootstrap").args(["--variant=minbase", "bookworm"]).arg(&partial).arg(MIRROR));
+    run(Command::new("debootstrap")
+        .args(["--variant=minbase", "bookworm"])
+        .arg(&partial)
+        .arg(MIRROR));
     std::fs::rename(&partial, &cache).unwrap();
     cache
 }
@@ -39,10 +48,17 @@ pub fn layout_from_tree(tree: &Path, layout: &Path) {
     run(Command::new("umoci").args(["init", "--layout"]).arg(layout));
     run(Command::new("umoci").args(["new", "--image", &image]));
     let bundle = layout.with_extension("bundle");
-    run(Command::new("umoci").args(["unpack", "--image", &image]).arg(&bundle));
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&bundle));
     let rootfs = bundle.join("rootfs");
-    run(Command::new("cp").arg("-a").arg(format!("{}/.", tree.display())).arg(&rootfs));
-    run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", tree.display()))
+        .arg(&rootfs));
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle));
     run(Command::new("umoci").args(["config", "--image", &image, "--config.cmd", "/bin/bash"]));
     std::fs::remove_dir_all(&bundle).unwrap();
 }
@@ -58,14 +74,33 @@ fn debian_minbase_pull_builds_bootable_tree() {
     registry.push_layout(&layout, "latest", "debian:minbase");
 
     let state = tempfile::tempdir().unwrap();
-    let images = Images::open(state.path(), Options { auth_file: None, ..Options::default() }).unwrap();
-    let reference: Reference = format!("{}/debian:minbase", registry.host()).parse().unwrap();
+    let images = Images::open(
+        state.path(),
+        Options {
+            auth_file: None,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let reference: Reference = format!("{}/debian:minbase", registry.host())
+        .parse()
+        .unwrap();
     let record = images.pull(&reference, &Silent).unwrap();
-    let disk = images.disk(&images.get(&record.id.to_string()).unwrap()).unwrap();
+    let disk = images
+        .disk(&images.get(&record.id.to_string()).unwrap())
+        .unwrap();
 
     assert_fsck_clean(&disk);
-    assert_eq!(debugfs(&disk, "cat /etc/debian_version").trim(), std::fs::read_to_string(tree.join("etc/debian_version")).unwrap().trim());
-    assert!(debugfs(&disk, "stat /bin").contains("Type: symlink"), "bookworm has merged /usr");
+    assert_eq!(
+        debugfs(&disk, "cat /etc/debian_version").trim(),
+        std::fs::read_to_string(tree.join("etc/debian_version"))
+            .unwrap()
+            .trim()
+    );
+    assert!(
+        debugfs(&disk, "stat /bin").contains("Type: symlink"),
+        "bookworm has merged /usr"
+    );
     assert!(debugfs(&disk, "stat /usr/bin/bash").contains("Mode:  0755"));
     // su is setuid root in minbase.
     assert!(debugfs(&disk, "stat /usr/bin/su").contains("Mode:  04755"));

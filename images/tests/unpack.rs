@@ -18,7 +18,8 @@ fn apply_all(layers: &[Vec<u8>]) -> (tempfile::TempDir, std::path::PathBuf) {
     let root = dir.path().join("root");
     unpack::create_root(&root).unwrap();
     for (i, tar) in layers.iter().enumerate() {
-        apply_layer(&root, tar.as_slice(), Some(&Digest::of(tar))).unwrap_or_else(|e| panic!("layer {i}: {e:?}"));
+        apply_layer(&root, tar.as_slice(), Some(&Digest::of(tar)))
+            .unwrap_or_else(|e| panic!("layer {i}: {e:?}"));
     }
     (dir, root)
 }
@@ -33,7 +34,11 @@ fn exists(root: &Path, path: &str) -> bool {
 
 #[test]
 fn whiteout_hides_lower_file() {
-    let lower = layer(&[Entry::dir("a"), Entry::file("a/f1", "1"), Entry::file("a/f2", "2")]);
+    let lower = layer(&[
+        Entry::dir("a"),
+        Entry::file("a/f1", "1"),
+        Entry::file("a/f2", "2"),
+    ]);
     let upper = layer(&[Entry::whiteout("a", "f1")]);
     let (_dir, root) = apply_all(&[lower, upper]);
     assert!(!exists(&root, "a/f1"));
@@ -43,7 +48,11 @@ fn whiteout_hides_lower_file() {
 
 #[test]
 fn whiteout_removes_lower_directory() {
-    let lower = layer(&[Entry::dir("d"), Entry::dir("d/sub"), Entry::file("d/sub/x", "x")]);
+    let lower = layer(&[
+        Entry::dir("d"),
+        Entry::dir("d/sub"),
+        Entry::file("d/sub/x", "x"),
+    ]);
     let upper = layer(&[Entry::whiteout("", "d")]);
     let (_dir, root) = apply_all(&[lower, upper]);
     assert!(!exists(&root, "d"));
@@ -78,7 +87,11 @@ fn opaque_after_siblings_keeps_same_layer() {
 #[test]
 fn opaque_before_siblings() {
     let lower = layer(&[Entry::dir("d"), Entry::file("d/old", "old")]);
-    let upper = layer(&[Entry::dir("d"), Entry::opaque("d"), Entry::file("d/new", "new")]);
+    let upper = layer(&[
+        Entry::dir("d"),
+        Entry::opaque("d"),
+        Entry::file("d/new", "new"),
+    ]);
     let (_dir, root) = apply_all(&[lower, upper]);
     assert!(!exists(&root, "d/old"));
     assert_eq!(read(&root, "d/new"), "new");
@@ -108,7 +121,10 @@ fn hard_link_with_missing_parents() {
     let tar = layer(&[Entry::file("f", "one"), Entry::hard_link("deep/er/g", "f")]);
     let (_dir, root) = apply_all(&[tar]);
     assert_eq!(read(&root, "deep/er/g"), "one");
-    assert_eq!(fs::metadata(root.join("deep/er/g")).unwrap().ino(), fs::metadata(root.join("f")).unwrap().ino());
+    assert_eq!(
+        fs::metadata(root.join("deep/er/g")).unwrap().ino(),
+        fs::metadata(root.join("f")).unwrap().ino()
+    );
 }
 
 #[test]
@@ -117,7 +133,10 @@ fn hard_link_replaces_existing_file() {
     let upper = layer(&[Entry::hard_link("g", "f")]);
     let (_dir, root) = apply_all(&[lower, upper]);
     assert_eq!(read(&root, "g"), "target");
-    assert_eq!(fs::metadata(root.join("g")).unwrap().ino(), fs::metadata(root.join("f")).unwrap().ino());
+    assert_eq!(
+        fs::metadata(root.join("g")).unwrap().ino(),
+        fs::metadata(root.join("f")).unwrap().ino()
+    );
 }
 
 #[test]
@@ -141,8 +160,16 @@ fn rewriting_linked_file_spares_other_name() {
 
 #[test]
 fn file_replaces_directory_and_back() {
-    let lower = layer(&[Entry::dir("p"), Entry::file("p/x", "x"), Entry::file("q", "q")]);
-    let upper = layer(&[Entry::file("p", "now a file"), Entry::dir("q"), Entry::file("q/y", "y")]);
+    let lower = layer(&[
+        Entry::dir("p"),
+        Entry::file("p/x", "x"),
+        Entry::file("q", "q"),
+    ]);
+    let upper = layer(&[
+        Entry::file("p", "now a file"),
+        Entry::dir("q"),
+        Entry::file("q/y", "y"),
+    ]);
     let (_dir, root) = apply_all(&[lower, upper]);
     assert_eq!(read(&root, "p"), "now a file");
     assert_eq!(read(&root, "q/y"), "y");
@@ -156,14 +183,26 @@ fn symlinks_are_stored_verbatim() {
         Entry::symlink("dangling", "nowhere"),
     ]);
     let (_dir, root) = apply_all(&[tar]);
-    for (name, target) in [("abs", "/etc/passwd"), ("rel", "../../../x"), ("dangling", "nowhere")] {
-        assert_eq!(fs::read_link(root.join(name)).unwrap(), Path::new(target), "{name}");
+    for (name, target) in [
+        ("abs", "/etc/passwd"),
+        ("rel", "../../../x"),
+        ("dangling", "nowhere"),
+    ] {
+        assert_eq!(
+            fs::read_link(root.join(name)).unwrap(),
+            Path::new(target),
+            "{name}"
+        );
     }
 }
 
 #[test]
 fn names_are_normalised() {
-    let tar = layer(&[Entry::file("/abs/file", "a"), Entry::file("./rel/file", "r"), Entry::file("x/./y//z", "z")]);
+    let tar = layer(&[
+        Entry::file("/abs/file", "a"),
+        Entry::file("./rel/file", "r"),
+        Entry::file("x/./y//z", "z"),
+    ]);
     let (_dir, root) = apply_all(&[tar]);
     assert_eq!(read(&root, "abs/file"), "a");
     assert_eq!(read(&root, "rel/file"), "r");
@@ -194,11 +233,24 @@ fn symlink_parents_stay_inside_root() {
     // Resolved as in a chroot, every write lands in the staging root itself.
     for i in 1..=4 {
         let name = format!("bulkhead-escape-{i}");
-        assert!(!Path::new("/").join(&name).exists(), "{name} written to the host root");
-        assert!(!dir.path().join(&name).exists(), "{name} written beside the staging root");
-        assert!(root.join(&name).exists(), "{name} missing in the staging root");
+        assert!(
+            !Path::new("/").join(&name).exists(),
+            "{name} written to the host root"
+        );
+        assert!(
+            !dir.path().join(&name).exists(),
+            "{name} written beside the staging root"
+        );
+        assert!(
+            root.join(&name).exists(),
+            "{name} missing in the staging root"
+        );
     }
-    assert_eq!(fs::read_link(root.join("abs")).unwrap(), Path::new("/"), "the symlink stays as written");
+    assert_eq!(
+        fs::read_link(root.join("abs")).unwrap(),
+        Path::new("/"),
+        "the symlink stays as written"
+    );
 }
 
 #[test]
@@ -210,23 +262,40 @@ fn dangling_symlink_parent_fails_inside_root() {
     unpack::create_root(&root).unwrap();
 
     // The target exists on the host but not inside the root.
-    let tar = layer(&[Entry::symlink("link", outside.to_str().unwrap()), Entry::file("link/pwned", "x")]);
+    let tar = layer(&[
+        Entry::symlink("link", outside.to_str().unwrap()),
+        Entry::file("link/pwned", "x"),
+    ]);
     let result = apply_layer(&root, tar.as_slice(), None);
-    assert!(matches!(result, Err(unpack::Error::Entry { .. })), "{result:?}");
-    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "a layer wrote outside the root");
+    assert!(
+        matches!(result, Err(unpack::Error::Entry { .. })),
+        "{result:?}"
+    );
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "a layer wrote outside the root"
+    );
 }
 
 #[test]
 fn dotdot_names_are_rejected() {
-    for (i, entry) in [Entry::file("../escape", "x"), Entry::file("a/../../escape", "x"), Entry::hard_link("h", "../../etc/passwd")]
-        .into_iter()
-        .enumerate()
+    for (i, entry) in [
+        Entry::file("../escape", "x"),
+        Entry::file("a/../../escape", "x"),
+        Entry::hard_link("h", "../../etc/passwd"),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("deep/root");
         unpack::create_root(&root).unwrap();
         let result = apply_layer(&root, layer(&[entry]).as_slice(), None);
-        assert!(matches!(result, Err(unpack::Error::Escape(_))), "case {i}: {result:?}");
+        assert!(
+            matches!(result, Err(unpack::Error::Escape(_))),
+            "case {i}: {result:?}"
+        );
         assert!(!dir.path().join("deep/escape").exists(), "case {i}");
         assert!(!dir.path().join("escape").exists(), "case {i}");
     }
@@ -237,8 +306,15 @@ fn hard_link_to_missing_target_fails() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     unpack::create_root(&root).unwrap();
-    let result = apply_layer(&root, layer(&[Entry::hard_link("h", "missing")]).as_slice(), None);
-    assert!(matches!(result, Err(unpack::Error::LinkTarget { .. })), "{result:?}");
+    let result = apply_layer(
+        &root,
+        layer(&[Entry::hard_link("h", "missing")]).as_slice(),
+        None,
+    );
+    assert!(
+        matches!(result, Err(unpack::Error::LinkTarget { .. })),
+        "{result:?}"
+    );
 }
 
 #[test]
@@ -249,7 +325,10 @@ fn diff_id_mismatch_is_an_error() {
     let tar = layer(&[Entry::file("f", "x")]);
     let wrong = Digest::of(b"something else");
     let result = apply_layer(&root, tar.as_slice(), Some(&wrong));
-    assert!(matches!(result, Err(unpack::Error::DiffIdMismatch { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(unpack::Error::DiffIdMismatch { .. })),
+        "{result:?}"
+    );
 }
 
 #[test]
@@ -278,7 +357,8 @@ fn compressed_and_empty_layers() {
 /// The metadata cases, checked on the staging tree and again on the built ext4 disk.
 #[test]
 fn metadata_survives_unpack_and_disk() {
-    let capability = b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+    let capability =
+        b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
     let long_name = format!("long/{}/end", "n".repeat(150));
     let odd_name = "odd dir/name with\nnewline and spaces";
     let tar = layer(&[
@@ -288,7 +368,9 @@ fn metadata_survives_unpack_and_disk() {
         Entry::file("owned", "o").owner(100_000, 100_001),
         Entry::symlink("owned-link", "owned").owner(200_000, 200_001),
         Entry::file("dated", "d").mtime(1_234_567_890),
-        Entry::file("cap", "c").xattr("security.capability", capability).xattr("user.note", b"hello"),
+        Entry::file("cap", "c")
+            .xattr("security.capability", capability)
+            .xattr("user.note", b"hello"),
         Entry::device("null", EntryType::Char, 1, 3, 0o666),
         Entry::device("loop9", EntryType::Block, 7, 9, 0o660),
         Entry::device("fifo", EntryType::Fifo, 0, 0, 0o600),
@@ -301,8 +383,14 @@ fn metadata_survives_unpack_and_disk() {
     assert_eq!(meta("setuid").mode() & 0o7777, 0o4755);
     assert_eq!(meta("setgid").mode() & 0o7777, 0o2775);
     assert_eq!(meta("sticky").mode() & 0o7777, 0o1777);
-    assert_eq!((meta("owned").uid(), meta("owned").gid()), (100_000, 100_001));
-    assert_eq!((meta("owned-link").uid(), meta("owned-link").gid()), (200_000, 200_001));
+    assert_eq!(
+        (meta("owned").uid(), meta("owned").gid()),
+        (100_000, 100_001)
+    );
+    assert_eq!(
+        (meta("owned-link").uid(), meta("owned-link").gid()),
+        (200_000, 200_001)
+    );
     assert_eq!(meta("dated").mtime(), 1_234_567_890);
     assert!(meta("null").file_type().is_char_device());
     assert_eq!(meta("null").rdev(), rustix::fs::makedev(1, 3));
@@ -319,22 +407,64 @@ fn metadata_survives_unpack_and_disk() {
     assert_fsck_clean(&disk);
 
     let stat = |p: &str| debugfs(&disk, &format!("stat \"/{p}\""));
-    assert!(stat("setuid").contains("Mode:  04755"), "{}", stat("setuid"));
-    assert!(stat("setgid").contains("Mode:  02775"), "{}", stat("setgid"));
-    assert!(stat("sticky").contains("Mode:  01777"), "{}", stat("sticky"));
-    assert!(stat("owned").contains("User: 100000   Group: 100001"), "{}", stat("owned"));
-    assert!(stat("owned-link").contains("User: 200000   Group: 200001"), "{}", stat("owned-link"));
-    assert!(stat("dated").contains("mtime: 0x499602d2"), "{}", stat("dated"));
-    assert!(stat("null").contains("Type: character special") && stat("null").contains("Device major/minor number: 01:03"), "{}", stat("null"));
-    assert!(stat("loop9").contains("Type: block special"), "{}", stat("loop9"));
+    assert!(
+        stat("setuid").contains("Mode:  04755"),
+        "{}",
+        stat("setuid")
+    );
+    assert!(
+        stat("setgid").contains("Mode:  02775"),
+        "{}",
+        stat("setgid")
+    );
+    assert!(
+        stat("sticky").contains("Mode:  01777"),
+        "{}",
+        stat("sticky")
+    );
+    assert!(
+        stat("owned").contains("User: 100000   Group: 100001"),
+        "{}",
+        stat("owned")
+    );
+    assert!(
+        stat("owned-link").contains("User: 200000   Group: 200001"),
+        "{}",
+        stat("owned-link")
+    );
+    assert!(
+        stat("dated").contains("mtime: 0x499602d2"),
+        "{}",
+        stat("dated")
+    );
+    assert!(
+        stat("null").contains("Type: character special")
+            && stat("null").contains("Device major/minor number: 01:03"),
+        "{}",
+        stat("null")
+    );
+    assert!(
+        stat("loop9").contains("Type: block special"),
+        "{}",
+        stat("loop9")
+    );
     assert!(stat("fifo").contains("Type: FIFO"), "{}", stat("fifo"));
     let attributes = debugfs(&disk, "ea_list /cap");
-    assert!(attributes.contains("security.capability (20)"), "{attributes}");
-    assert!(attributes.contains("user.note (5) = \"hello\""), "{attributes}");
+    assert!(
+        attributes.contains("security.capability (20)"),
+        "{attributes}"
+    );
+    assert!(
+        attributes.contains("user.note (5) = \"hello\""),
+        "{attributes}"
+    );
     let listing = debugfs(&disk, &format!("cat \"/{long_name}\""));
     assert_eq!(listing, "long");
     for required in ["proc", "sys", "dev", "tmp", "etc", "run"] {
-        assert!(stat(required).contains("Type: directory"), "/{required} missing");
+        assert!(
+            stat(required).contains("Type: directory"),
+            "/{required} missing"
+        );
     }
     assert!(stat("tmp").contains("Mode:  01777"));
 }

@@ -27,7 +27,11 @@ pub(super) enum Challenge {
     /// `Basic realm="…"`.
     Basic,
     /// `Bearer realm="…",service="…",scope="…"`.
-    Bearer { realm: String, service: Option<String>, scope: Option<String> },
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
 }
 
 /// Parses the first challenge of a `WWW-Authenticate` header value.
@@ -67,19 +71,34 @@ pub struct AuthFile {
 impl AuthFile {
     /// Uses the file at `path`.
     pub fn new(path: &Path) -> AuthFile {
-        AuthFile { path: path.to_path_buf() }
+        AuthFile {
+            path: path.to_path_buf(),
+        }
     }
 
     fn read(&self) -> Result<serde_json::Value> {
         match fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| Error::AuthFile { path: self.path.clone(), source }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| Error::AuthFile {
+                path: self.path.clone(),
+                source,
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(serde_json::json!({})),
-            Err(source) => Err(Error::Io { reference: String::new(), op: "read", path: self.path.clone(), source }),
+            Err(source) => Err(Error::Io {
+                reference: String::new(),
+                op: "read",
+                path: self.path.clone(),
+                source,
+            }),
         }
     }
 
     fn write(&self, value: &serde_json::Value) -> Result<()> {
-        let io = |op, source| Error::Io { reference: String::new(), op, path: self.path.clone(), source };
+        let io = |op, source| Error::Io {
+            reference: String::new(),
+            op,
+            path: self.path.clone(),
+            source,
+        };
         if let Some(dir) = self.path.parent() {
             fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
         }
@@ -99,13 +118,23 @@ impl AuthFile {
         };
         let keys = auth_keys(registry);
         for (key, entry) in auths {
-            let host = key.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
-            let host = host.strip_suffix("/v1").or_else(|| host.strip_suffix("/v2")).unwrap_or(host);
+            let host = key
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/');
+            let host = host
+                .strip_suffix("/v1")
+                .or_else(|| host.strip_suffix("/v2"))
+                .unwrap_or(host);
             if !keys.iter().any(|k| k == key || k == host) {
                 continue;
             }
-            let Some(encoded) = entry.get("auth").and_then(|a| a.as_str()) else { continue };
-            let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded) else { continue };
+            let Some(encoded) = entry.get("auth").and_then(|a| a.as_str()) else {
+                continue;
+            };
+            let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
+                continue;
+            };
             let decoded = String::from_utf8_lossy(&decoded);
             if let Some((user, password)) = decoded.split_once(':') {
                 return Ok(Some((user.to_string(), password.to_string())));
@@ -117,7 +146,8 @@ impl AuthFile {
     /// Stores credentials for `registry`.
     pub fn set(&self, registry: &str, user: &str, password: &str) -> Result<()> {
         let mut value = self.read()?;
-        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         if !value.get("auths").is_some_and(|a| a.is_object()) {
             value["auths"] = serde_json::json!({});
         }
@@ -144,8 +174,16 @@ impl AuthFile {
 
 /// The `auths` keys for a registry, the one `login` writes first.
 fn auth_keys(registry: &str) -> Vec<String> {
-    if registry == DEFAULT_REGISTRY || registry == "index.docker.io" || registry == "registry-1.docker.io" {
-        vec![DOCKER_HUB_AUTH_KEY.to_string(), "docker.io".into(), "index.docker.io".into(), "registry-1.docker.io".into()]
+    if registry == DEFAULT_REGISTRY
+        || registry == "index.docker.io"
+        || registry == "registry-1.docker.io"
+    {
+        vec![
+            DOCKER_HUB_AUTH_KEY.to_string(),
+            "docker.io".into(),
+            "index.docker.io".into(),
+            "registry-1.docker.io".into(),
+        ]
     } else {
         vec![registry.to_string()]
     }
@@ -154,8 +192,17 @@ fn auth_keys(registry: &str) -> Vec<String> {
 /// Checks `user` and `password` against `registry` (`GET /v2/` with the challenge's scheme)
 /// and stores them in the credentials file.
 pub fn login(options: &Options, registry: &str, user: &str, password: &str) -> Result<()> {
-    let reference = Reference { registry: registry.to_string(), repository: String::new(), tag: None, digest: None };
-    let client = Client::with_credentials(&reference, options, Some((user.to_string(), password.to_string())));
+    let reference = Reference {
+        registry: registry.to_string(),
+        repository: String::new(),
+        tag: None,
+        digest: None,
+    };
+    let client = Client::with_credentials(
+        &reference,
+        options,
+        Some((user.to_string(), password.to_string())),
+    );
     client.ping()?;
     let Some(path) = &options.auth_file else {
         return Err(Error::Io {
@@ -191,7 +238,10 @@ mod tests {
                 scope: Some("repository:a/b:pull,push".into()),
             })
         );
-        assert_eq!(parse_challenge(r#"Basic realm="Registry""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Negotiate"), None);
     }
 
@@ -202,8 +252,14 @@ mod tests {
         assert_eq!(file.get("docker.io").unwrap(), None);
         file.set("docker.io", "u", "p:w").unwrap();
         file.set("127.0.0.1:5000", "x", "y").unwrap();
-        assert_eq!(file.get("docker.io").unwrap(), Some(("u".into(), "p:w".into())));
-        assert_eq!(file.get("127.0.0.1:5000").unwrap(), Some(("x".into(), "y".into())));
+        assert_eq!(
+            file.get("docker.io").unwrap(),
+            Some(("u".into(), "p:w".into()))
+        );
+        assert_eq!(
+            file.get("127.0.0.1:5000").unwrap(),
+            Some(("x".into(), "y".into()))
+        );
         assert!(file.remove("docker.io").unwrap());
         assert_eq!(file.get("docker.io").unwrap(), None);
         assert!(!file.remove("docker.io").unwrap());

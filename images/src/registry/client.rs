@@ -30,7 +30,11 @@ const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 enum AuthState {
     Anonymous,
     Basic,
-    Bearer { token: String, expires: Instant, challenge: Challenge },
+    Bearer {
+        token: String,
+        expires: Instant,
+        challenge: Challenge,
+    },
 }
 
 /// A client for one repository of one registry.
@@ -51,9 +55,18 @@ fn is_loopback(host: &str) -> bool {
     let name = if let Some(bracketed) = host.strip_prefix('[') {
         bracketed.split(']').next().unwrap_or("")
     } else {
-        host.rsplit_once(':').map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host })
+        host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        })
     };
-    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Client {
@@ -66,9 +79,17 @@ impl Client {
         Ok(Client::with_credentials(reference, options, credentials))
     }
 
-    pub(super) fn with_credentials(reference: &Reference, options: &Options, credentials: Option<(String, String)>) -> Client {
+    pub(super) fn with_credentials(
+        reference: &Reference,
+        options: &Options,
+        credentials: Option<(String, String)>,
+    ) -> Client {
         let host = reference.api_host().to_string();
-        let insecure = is_loopback(&host) || options.insecure.iter().any(|h| *h == reference.registry || *h == host);
+        let insecure = is_loopback(&host)
+            || options
+                .insecure
+                .iter()
+                .any(|h| *h == reference.registry || *h == host);
         let scheme = if insecure { "http" } else { "https" };
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(options.timeout)
@@ -82,7 +103,11 @@ impl Client {
             registry: reference.registry.clone(),
             repository: reference.repository.clone(),
             // `login` has a registry but no repository.
-            reference: if reference.repository.is_empty() { reference.registry.clone() } else { reference.to_string() },
+            reference: if reference.repository.is_empty() {
+                reference.registry.clone()
+            } else {
+                reference.to_string()
+            },
             credentials,
             auth: Mutex::new(AuthState::Anonymous),
             max_concurrent: options.max_concurrent_downloads.max(1),
@@ -91,16 +116,27 @@ impl Client {
 
     /// Checks that the registry answers `GET /v2/` (authenticating if it asks).
     pub fn ping(&self) -> Result<()> {
-        self.get(&format!("{}/v2/", self.base), None, None).map(|_| ())
+        self.get(&format!("{}/v2/", self.base), None, None)
+            .map(|_| ())
     }
 
     /// Fetches a manifest by tag or digest. Returns its bytes, the Content-Type and the
     /// `Docker-Content-Digest` header.
-    pub(super) fn manifest(&self, tag_or_digest: &str) -> Result<(Vec<u8>, Option<String>, Option<Digest>)> {
-        let url = format!("{}/v2/{}/manifests/{}", self.base, self.repository, tag_or_digest);
+    pub(super) fn manifest(
+        &self,
+        tag_or_digest: &str,
+    ) -> Result<(Vec<u8>, Option<String>, Option<Digest>)> {
+        let url = format!(
+            "{}/v2/{}/manifests/{}",
+            self.base, self.repository, tag_or_digest
+        );
         let response = self.get(&url, Some(&oci::MANIFEST_ACCEPT.join(", ")), None)?;
-        let media_type = response.header("Content-Type").map(|t| t.split(';').next().unwrap_or(t).trim().to_string());
-        let header_digest = response.header("Docker-Content-Digest").and_then(|d| d.parse().ok());
+        let media_type = response
+            .header("Content-Type")
+            .map(|t| t.split(';').next().unwrap_or(t).trim().to_string());
+        let header_digest = response
+            .header("Docker-Content-Digest")
+            .and_then(|d| d.parse().ok());
         let mut bytes = Vec::new();
         response
             .into_reader()
@@ -112,7 +148,12 @@ impl Client {
 
     /// Downloads the config and the layers of `manifest` into `ingest`, layers concurrently
     /// (at most the configured number at a time). Blobs already in the store are skipped.
-    pub(super) fn fetch_blobs(&self, ingest: &Ingest, manifest: &Manifest, progress: &dyn Progress) -> Result<()> {
+    pub(super) fn fetch_blobs(
+        &self,
+        ingest: &Ingest,
+        manifest: &Manifest,
+        progress: &dyn Progress,
+    ) -> Result<()> {
         self.fetch_blob(ingest, &manifest.config, progress)?;
 
         let queue = Mutex::new(manifest.layers.iter().collect::<VecDeque<&Descriptor>>());
@@ -144,7 +185,12 @@ impl Client {
 
     /// Downloads one blob, resuming with a Range request after a broken connection, and
     /// verifies its size and digest.
-    fn fetch_blob(&self, ingest: &Ingest, descriptor: &Descriptor, progress: &dyn Progress) -> Result<()> {
+    fn fetch_blob(
+        &self,
+        ingest: &Ingest,
+        descriptor: &Descriptor,
+        progress: &dyn Progress,
+    ) -> Result<()> {
         let digest = descriptor.digest;
         let bar = progress.blob(&digest, descriptor.size);
         if ingest.has_blob(&digest) {
@@ -154,8 +200,19 @@ impl Client {
 
         let url = format!("{}/v2/{}/blobs/{}", self.base, self.repository, digest);
         let path = ingest.dir().join(format!("partial-{}", digest.hex()));
-        let io_err = |op, source| Error::Io { reference: self.reference.clone(), op, path: path.clone(), source };
-        let mut file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).map_err(|e| io_err("create", e))?;
+        let io_err = |op, source| Error::Io {
+            reference: self.reference.clone(),
+            op,
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err("create", e))?;
         let mut hasher = Sha256::new();
         let mut have = 0u64;
 
@@ -168,7 +225,14 @@ impl Client {
                 have = 0;
                 bar.advance(0, true);
             }
-            match copy_hashing(response.into_reader(), &mut file, &mut hasher, &mut have, descriptor.size, &*bar) {
+            match copy_hashing(
+                response.into_reader(),
+                &mut file,
+                &mut hasher,
+                &mut have,
+                descriptor.size,
+                &*bar,
+            ) {
                 Ok(()) => break,
                 Err(error) if attempt < ATTEMPTS => {
                     tracing::warn!(blob = %digest, have, attempt, %error, "blob download interrupted, resuming");
@@ -178,13 +242,24 @@ impl Client {
             }
         }
 
-        let verify = |source| Error::Verify { reference: self.reference.clone(), what: format!("blob {digest}"), source };
+        let verify = |source| Error::Verify {
+            reference: self.reference.clone(),
+            what: format!("blob {digest}"),
+            source,
+        };
         if have != descriptor.size {
-            return Err(verify(store::Error::SizeMismatch { digest, expected: descriptor.size, actual: have }));
+            return Err(verify(store::Error::SizeMismatch {
+                digest,
+                expected: descriptor.size,
+                actual: have,
+            }));
         }
         let actual = Digest::from_sha256(hasher);
         if actual != digest {
-            return Err(verify(store::Error::DigestMismatch { expected: digest, actual }));
+            return Err(verify(store::Error::DigestMismatch {
+                expected: digest,
+                actual,
+            }));
         }
         file.sync_all().map_err(|e| io_err("fsync", e))?;
         drop(file);
@@ -218,17 +293,29 @@ impl Client {
             match error {
                 ureq::Error::Status(401, response) if !challenged => {
                     challenged = true;
-                    let header = response.header("WWW-Authenticate").unwrap_or_default().to_string();
+                    let header = response
+                        .header("WWW-Authenticate")
+                        .unwrap_or_default()
+                        .to_string();
                     self.authenticate(&header)?;
                 }
                 ureq::Error::Status(401, _) => {
-                    return Err(Error::Unauthorized { reference: self.reference.clone(), registry: self.registry.clone() })
+                    return Err(Error::Unauthorized {
+                        reference: self.reference.clone(),
+                        registry: self.registry.clone(),
+                    })
                 }
                 ureq::Error::Status(403, _) => {
-                    return Err(Error::Denied { reference: self.reference.clone(), url: url.to_string() })
+                    return Err(Error::Denied {
+                        reference: self.reference.clone(),
+                        url: url.to_string(),
+                    })
                 }
                 ureq::Error::Status(404, _) => {
-                    return Err(Error::NotFound { reference: self.reference.clone(), what: url.to_string() })
+                    return Err(Error::NotFound {
+                        reference: self.reference.clone(),
+                        what: url.to_string(),
+                    })
                 }
                 ureq::Error::Status(status, _) if status >= 500 && attempt < ATTEMPTS => {
                     tracing::warn!(url, status, attempt, "registry error, retrying");
@@ -237,11 +324,19 @@ impl Client {
                 ureq::Error::Status(status, response) => {
                     let mut body = response.into_string().unwrap_or_default();
                     body.truncate(300);
-                    return Err(Error::Status { reference: self.reference.clone(), url: url.to_string(), status, body });
+                    return Err(Error::Status {
+                        reference: self.reference.clone(),
+                        url: url.to_string(),
+                        status,
+                        body,
+                    });
                 }
                 ureq::Error::Transport(transport)
                     if attempt < ATTEMPTS
-                        && matches!(transport.kind(), ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::Io)
+                        && matches!(
+                            transport.kind(),
+                            ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::Io
+                        )
                         && !is_tls(&transport) =>
                 {
                     tracing::warn!(url, attempt, error = %transport, "connection failed, retrying");
@@ -262,13 +357,33 @@ impl Client {
         };
         let source: super::BoxError = Box::new(error);
         if kind == Some(ureq::ErrorKind::Dns) {
-            Error::Dns { reference, host, source }
-        } else if text.contains("tls") || text.contains("certificate") || text.contains("handshake") {
-            Error::Tls { reference, host, source }
-        } else if text.contains("timed out") || text.contains("timeout") || text.contains("would block") {
-            Error::Timeout { reference, host, source }
+            Error::Dns {
+                reference,
+                host,
+                source,
+            }
+        } else if text.contains("tls") || text.contains("certificate") || text.contains("handshake")
+        {
+            Error::Tls {
+                reference,
+                host,
+                source,
+            }
+        } else if text.contains("timed out")
+            || text.contains("timeout")
+            || text.contains("would block")
+        {
+            Error::Timeout {
+                reference,
+                host,
+                source,
+            }
         } else {
-            Error::Connection { reference, host, source }
+            Error::Connection {
+                reference,
+                host,
+                source,
+            }
         }
     }
 
@@ -276,10 +391,21 @@ impl Client {
     fn body_error(&self, error: io::Error) -> Error {
         let reference = self.reference.clone();
         let host = self.host.clone();
-        if matches!(error.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) {
-            Error::Timeout { reference, host, source: Box::new(error) }
+        if matches!(
+            error.kind(),
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+        ) {
+            Error::Timeout {
+                reference,
+                host,
+                source: Box::new(error),
+            }
         } else {
-            Error::Connection { reference, host, source: Box::new(error) }
+            Error::Connection {
+                reference,
+                host,
+                source: Box::new(error),
+            }
         }
     }
 
@@ -289,7 +415,11 @@ impl Client {
         match &*state {
             AuthState::Anonymous => Ok(None),
             AuthState::Basic => Ok(self.basic()),
-            AuthState::Bearer { token, expires, challenge } => {
+            AuthState::Bearer {
+                token,
+                expires,
+                challenge,
+            } => {
                 if Instant::now() + Duration::from_secs(5) < *expires {
                     return Ok(Some(format!("Bearer {token}")));
                 }
@@ -305,18 +435,26 @@ impl Client {
 
     fn basic(&self) -> Option<String> {
         self.credentials.as_ref().map(|(user, password)| {
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            )
         })
     }
 
     /// Answers a 401 challenge.
     fn authenticate(&self, header: &str) -> Result<()> {
-        let challenge = parse_challenge(header)
-            .ok_or_else(|| Error::Challenge { reference: self.reference.clone(), challenge: header.to_string() })?;
+        let challenge = parse_challenge(header).ok_or_else(|| Error::Challenge {
+            reference: self.reference.clone(),
+            challenge: header.to_string(),
+        })?;
         let state = match challenge {
             Challenge::Basic if self.credentials.is_some() => AuthState::Basic,
             Challenge::Basic => {
-                return Err(Error::Unauthorized { reference: self.reference.clone(), registry: self.registry.clone() })
+                return Err(Error::Unauthorized {
+                    reference: self.reference.clone(),
+                    registry: self.registry.clone(),
+                })
             }
             bearer => self.fetch_token(bearer)?,
         };
@@ -326,11 +464,20 @@ impl Client {
 
     /// Requests a token from the challenge's realm, with Basic credentials if there are any.
     fn fetch_token(&self, challenge: Challenge) -> Result<AuthState> {
-        let Challenge::Bearer { realm, service, scope } = &challenge else {
+        let Challenge::Bearer {
+            realm,
+            service,
+            scope,
+        } = &challenge
+        else {
             return Ok(AuthState::Basic);
         };
         let default_scope = format!("repository:{}:pull", self.repository);
-        let scope = if self.repository.is_empty() { scope.clone() } else { Some(scope.clone().unwrap_or(default_scope)) };
+        let scope = if self.repository.is_empty() {
+            scope.clone()
+        } else {
+            Some(scope.clone().unwrap_or(default_scope))
+        };
         let mut request = self.agent.get(realm);
         if let Some(service) = service {
             request = request.query("service", service);
@@ -344,12 +491,20 @@ impl Client {
         let response = match request.call() {
             Ok(response) => response,
             Err(ureq::Error::Status(401 | 403, _)) => {
-                return Err(Error::Unauthorized { reference: self.reference.clone(), registry: self.registry.clone() })
+                return Err(Error::Unauthorized {
+                    reference: self.reference.clone(),
+                    registry: self.registry.clone(),
+                })
             }
             Err(ureq::Error::Status(status, response)) => {
                 let mut body = response.into_string().unwrap_or_default();
                 body.truncate(300);
-                return Err(Error::Status { reference: self.reference.clone(), url: realm.clone(), status, body });
+                return Err(Error::Status {
+                    reference: self.reference.clone(),
+                    url: realm.clone(),
+                    status,
+                    body,
+                });
             }
             Err(error) => return Err(self.transport(error)),
         };
@@ -361,16 +516,30 @@ impl Client {
             expires_in: Option<u64>,
         }
         let body = response.into_string().map_err(|e| self.body_error(e))?;
-        let parsed: TokenResponse = serde_json::from_str(&body)
-            .map_err(|source| Error::Json { reference: self.reference.clone(), what: "token response".into(), source })?;
+        let parsed: TokenResponse = serde_json::from_str(&body).map_err(|source| Error::Json {
+            reference: self.reference.clone(),
+            what: "token response".into(),
+            source,
+        })?;
         let token = parsed
             .token
             .filter(|t| !t.is_empty())
             .or(parsed.access_token.filter(|t| !t.is_empty()))
-            .ok_or_else(|| Error::Token { reference: self.reference.clone(), realm: realm.clone() })?;
+            .ok_or_else(|| Error::Token {
+                reference: self.reference.clone(),
+                realm: realm.clone(),
+            })?;
         let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(DEFAULT_TOKEN_SECONDS));
-        tracing::debug!(realm, lifetime_secs = lifetime.as_secs(), "obtained registry token");
-        Ok(AuthState::Bearer { token, expires: Instant::now() + lifetime, challenge })
+        tracing::debug!(
+            realm,
+            lifetime_secs = lifetime.as_secs(),
+            "obtained registry token"
+        );
+        Ok(AuthState::Bearer {
+            token,
+            expires: Instant::now() + lifetime,
+            challenge,
+        })
     }
 }
 
@@ -408,7 +577,10 @@ fn copy_hashing(
         *have += n as u64;
         bar.advance(n as u64, false);
         if *have > limit {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("blob is larger than its descriptor's {limit} bytes")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("blob is larger than its descriptor's {limit} bytes"),
+            ));
         }
     }
 }
@@ -419,10 +591,22 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for host in ["localhost", "localhost:5000", "127.0.0.1", "127.0.0.1:5000", "[::1]:5000", "127.1.2.3:80"] {
+        for host in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "127.1.2.3:80",
+        ] {
             assert!(is_loopback(host), "{host}");
         }
-        for host in ["docker.io", "registry-1.docker.io", "10.0.0.1:5000", "localhost.example.com"] {
+        for host in [
+            "docker.io",
+            "registry-1.docker.io",
+            "10.0.0.1:5000",
+            "localhost.example.com",
+        ] {
             assert!(!is_loopback(host), "{host}");
         }
     }

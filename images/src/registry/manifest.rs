@@ -17,30 +17,69 @@ pub(super) struct Resolved {
     pub manifest: Manifest,
 }
 
-pub(super) fn resolve(client: &Client, reference: &Reference, platform: &Platform) -> Result<Resolved> {
+pub(super) fn resolve(
+    client: &Client,
+    reference: &Reference,
+    platform: &Platform,
+) -> Result<Resolved> {
     let name = reference.to_string();
-    let (bytes, media_type, digest) = fetch_verified(client, reference, &reference.manifest_reference(), reference.digest)?;
-    let kind: ManifestKind = serde_json::from_slice(&bytes)
-        .map_err(|source| Error::Json { reference: name.clone(), what: "manifest".into(), source })?;
+    let (bytes, media_type, digest) = fetch_verified(
+        client,
+        reference,
+        &reference.manifest_reference(),
+        reference.digest,
+    )?;
+    let kind: ManifestKind = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+        reference: name.clone(),
+        what: "manifest".into(),
+        source,
+    })?;
     let media_type = kind.media_type.clone().or(media_type).unwrap_or_default();
 
     let top_digest = digest;
-    let (bytes, digest) = if oci::is_index(&media_type) || (media_type.is_empty() && kind.manifests.is_some()) {
-        let index: Index = serde_json::from_slice(&bytes)
-            .map_err(|source| Error::Json { reference: name.clone(), what: "manifest list".into(), source })?;
-        let chosen = select_platform(&index, platform)
-            .map_err(|available| Error::Platform { reference: name.clone(), wanted: platform.clone(), available })?;
-        let (bytes, _, digest) = fetch_verified(client, reference, &chosen.digest.to_string(), Some(chosen.digest))?;
+    let (bytes, digest) = if oci::is_index(&media_type)
+        || (media_type.is_empty() && kind.manifests.is_some())
+    {
+        let index: Index = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+            reference: name.clone(),
+            what: "manifest list".into(),
+            source,
+        })?;
+        let chosen = select_platform(&index, platform).map_err(|available| Error::Platform {
+            reference: name.clone(),
+            wanted: platform.clone(),
+            available,
+        })?;
+        let (bytes, _, digest) = fetch_verified(
+            client,
+            reference,
+            &chosen.digest.to_string(),
+            Some(chosen.digest),
+        )?;
         (bytes, digest)
-    } else if media_type == oci::OCI_MANIFEST || media_type == oci::DOCKER_MANIFEST || media_type.is_empty() {
+    } else if media_type == oci::OCI_MANIFEST
+        || media_type == oci::DOCKER_MANIFEST
+        || media_type.is_empty()
+    {
         (bytes, digest)
     } else {
-        return Err(Error::MediaType { reference: name, media_type });
+        return Err(Error::MediaType {
+            reference: name,
+            media_type,
+        });
     };
 
-    let manifest: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|source| Error::Json { reference: name.clone(), what: "manifest".into(), source })?;
-    Ok(Resolved { top_digest, manifest_bytes: bytes, manifest_digest: digest, manifest })
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+        reference: name.clone(),
+        what: "manifest".into(),
+        source,
+    })?;
+    Ok(Resolved {
+        top_digest,
+        manifest_bytes: bytes,
+        manifest_digest: digest,
+        manifest,
+    })
 }
 
 /// Fetches a manifest and checks its bytes against `expected` (a pull by digest) or the
@@ -55,7 +94,11 @@ fn fetch_verified(
     let actual = Digest::of(&bytes);
     if let Some(expected) = expected.or(header_digest) {
         if actual != expected {
-            return Err(Error::ManifestDigest { reference: reference.to_string(), expected, actual });
+            return Err(Error::ManifestDigest {
+                reference: reference.to_string(),
+                expected,
+                actual,
+            });
         }
     }
     Ok((bytes, media_type, actual))
@@ -64,12 +107,17 @@ fn fetch_verified(
 /// Picks the entry of `index` for `wanted`. Attestation manifests (platform `unknown/unknown`)
 /// and entries without a platform are skipped. When nothing fits, returns the platforms that
 /// exist, comma-separated.
-pub fn select_platform<'a>(index: &'a Index, wanted: &Platform) -> std::result::Result<&'a Descriptor, String> {
+pub fn select_platform<'a>(
+    index: &'a Index,
+    wanted: &Platform,
+) -> std::result::Result<&'a Descriptor, String> {
     let candidates: Vec<&Descriptor> = index
         .manifests
         .iter()
         .filter(|d| {
-            d.platform.as_ref().is_some_and(|p| p.os != "unknown" && p.architecture != "unknown")
+            d.platform
+                .as_ref()
+                .is_some_and(|p| p.os != "unknown" && p.architecture != "unknown")
                 && !d.annotations.contains_key("vnd.docker.reference.type")
         })
         .collect();
@@ -79,12 +127,23 @@ pub fn select_platform<'a>(index: &'a Index, wanted: &Platform) -> std::result::
             && p.architecture == wanted.architecture
             && (!strict_variant || wanted.variant.is_none() || p.variant == wanted.variant)
     };
-    if let Some(found) = candidates.iter().find(|d| fits(d, true)).or_else(|| candidates.iter().find(|d| fits(d, false))) {
+    if let Some(found) = candidates
+        .iter()
+        .find(|d| fits(d, true))
+        .or_else(|| candidates.iter().find(|d| fits(d, false)))
+    {
         return Ok(found);
     }
-    let available: Vec<String> =
-        candidates.iter().filter_map(|d| d.platform.as_ref()).map(|p| p.to_string()).collect();
-    Err(if available.is_empty() { "none".to_string() } else { available.join(", ") })
+    let available: Vec<String> = candidates
+        .iter()
+        .filter_map(|d| d.platform.as_ref())
+        .map(|p| p.to_string())
+        .collect();
+    Err(if available.is_empty() {
+        "none".to_string()
+    } else {
+        available.join(", ")
+    })
 }
 
 #[cfg(test)]
@@ -101,13 +160,15 @@ mod tests {
             value["platform"] = serde_json::json!({"os": os, "architecture": arch});
         }
         if attestation {
-            value["annotations"] = serde_json::json!({"vnd.docker.reference.type": "attestation-manifest"});
+            value["annotations"] =
+                serde_json::json!({"vnd.docker.reference.type": "attestation-manifest"});
         }
         value
     }
 
     fn index(entries: Vec<serde_json::Value>) -> Index {
-        serde_json::from_value(serde_json::json!({"schemaVersion": 2, "manifests": entries})).unwrap()
+        serde_json::from_value(serde_json::json!({"schemaVersion": 2, "manifests": entries}))
+            .unwrap()
     }
 
     #[test]
@@ -124,7 +185,10 @@ mod tests {
 
     #[test]
     fn select_lists_available_platforms() {
-        let index = index(vec![entry(Some(("linux", "arm64")), false), entry(Some(("unknown", "unknown")), true)]);
+        let index = index(vec![
+            entry(Some(("linux", "arm64")), false),
+            entry(Some(("unknown", "unknown")), true),
+        ]);
         let wanted: Platform = "linux/amd64".parse().unwrap();
         assert_eq!(select_platform(&index, &wanted).unwrap_err(), "linux/arm64");
     }

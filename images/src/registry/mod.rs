@@ -36,46 +36,105 @@ pub enum Error {
     NotFound { reference: String, what: String },
     /// Another unexpected HTTP status.
     #[error("{reference}: unexpected HTTP status {status} from {url}: {body}")]
-    Status { reference: String, url: String, status: u16, body: String },
+    Status {
+        reference: String,
+        url: String,
+        status: u16,
+        body: String,
+    },
     /// The registry host name does not resolve.
     #[error("{reference}: cannot resolve registry host {host}")]
-    Dns { reference: String, host: String, #[source] source: BoxError },
+    Dns {
+        reference: String,
+        host: String,
+        #[source]
+        source: BoxError,
+    },
     /// The TLS handshake or certificate check failed.
     #[error("{reference}: TLS failure talking to {host}; use --insecure-registry {host} only for a registry without TLS")]
-    Tls { reference: String, host: String, #[source] source: BoxError },
+    Tls {
+        reference: String,
+        host: String,
+        #[source]
+        source: BoxError,
+    },
     /// A connect or read timed out.
     #[error("{reference}: timed out talking to {host}")]
-    Timeout { reference: String, host: String, #[source] source: BoxError },
+    Timeout {
+        reference: String,
+        host: String,
+        #[source]
+        source: BoxError,
+    },
     /// Another connection failure, after retries.
     #[error("{reference}: connection to {host} failed")]
-    Connection { reference: String, host: String, #[source] source: BoxError },
+    Connection {
+        reference: String,
+        host: String,
+        #[source]
+        source: BoxError,
+    },
     /// The token endpoint answered without a token.
     #[error("{reference}: token endpoint {realm} returned no token")]
     Token { reference: String, realm: String },
     /// The `WWW-Authenticate` challenge cannot be understood.
     #[error("{reference}: unsupported authentication challenge {challenge:?}")]
-    Challenge { reference: String, challenge: String },
+    Challenge {
+        reference: String,
+        challenge: String,
+    },
     /// Downloaded bytes do not match their digest or size.
     #[error("{reference}: {what} failed verification")]
-    Verify { reference: String, what: String, #[source] source: crate::store::Error },
+    Verify {
+        reference: String,
+        what: String,
+        #[source]
+        source: crate::store::Error,
+    },
     /// The manifest pulled by digest does not have that digest.
     #[error("{reference}: manifest digest mismatch: requested {expected}, received {actual}")]
-    ManifestDigest { reference: String, expected: Digest, actual: Digest },
+    ManifestDigest {
+        reference: String,
+        expected: Digest,
+        actual: Digest,
+    },
     /// A manifest or token response is not valid JSON.
     #[error("{reference}: invalid {what}")]
-    Json { reference: String, what: String, #[source] source: serde_json::Error },
+    Json {
+        reference: String,
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// The manifest has a media type bulkhead cannot pull.
     #[error("{reference}: unsupported manifest media type {media_type:?}")]
-    MediaType { reference: String, media_type: String },
+    MediaType {
+        reference: String,
+        media_type: String,
+    },
     /// No entry of a manifest list fits the requested platform.
     #[error("{reference}: no manifest for platform {wanted}; available platforms: {available}")]
-    Platform { reference: String, wanted: Platform, available: String },
+    Platform {
+        reference: String,
+        wanted: Platform,
+        available: String,
+    },
     /// Reading or writing a local file failed.
     #[error("{reference}: failed to {op} {path}")]
-    Io { reference: String, op: &'static str, path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        reference: String,
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The credentials file is invalid.
     #[error("invalid credentials file {path}")]
-    AuthFile { path: PathBuf, #[source] source: serde_json::Error },
+    AuthFile {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// The cause of a transport failure.
@@ -103,7 +162,11 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             insecure: Vec::new(),
-            platform: Platform { os: "linux".into(), architecture: "amd64".into(), variant: None },
+            platform: Platform {
+                os: "linux".into(),
+                architecture: "amd64".into(),
+                variant: None,
+            },
             auth_file: auth::default_auth_file(),
             max_concurrent_downloads: 3,
             timeout: Duration::from_secs(30),
@@ -113,19 +176,40 @@ impl Default for Options {
 
 /// Pulls `reference` into the store: resolves the manifest, downloads config and layers into
 /// an ingest, verifies everything, builds the root disk and records the image.
-pub fn pull(images: &Images, reference: &Reference, progress: &dyn Progress) -> crate::Result<ImageRecord> {
+pub fn pull(
+    images: &Images,
+    reference: &Reference,
+    progress: &dyn Progress,
+) -> crate::Result<ImageRecord> {
     let client = Client::new(reference, images.registry_options())?;
     let ingest = images.store().ingest()?;
 
     let resolved = manifest::resolve(&client, reference, &images.registry_options().platform)?;
-    progress.message(&format!("{}: resolved to manifest {}", reference, resolved.manifest_digest));
+    progress.message(&format!(
+        "{}: resolved to manifest {}",
+        reference, resolved.manifest_digest
+    ));
     ingest
-        .write_blob(&resolved.manifest_bytes, Some((&resolved.manifest_digest, resolved.manifest_bytes.len() as u64)))
-        .map_err(|source| Error::Verify { reference: reference.to_string(), what: "manifest".into(), source })?;
+        .write_blob(
+            &resolved.manifest_bytes,
+            Some((
+                &resolved.manifest_digest,
+                resolved.manifest_bytes.len() as u64,
+            )),
+        )
+        .map_err(|source| Error::Verify {
+            reference: reference.to_string(),
+            what: "manifest".into(),
+            source,
+        })?;
 
     client.fetch_blobs(&ingest, &resolved.manifest, progress)?;
 
-    let tags = reference.tag.iter().map(|tag| reference.with_tag(tag).to_string()).collect();
+    let tags = reference
+        .tag
+        .iter()
+        .map(|tag| reference.with_tag(tag).to_string())
+        .collect();
     let repo_digests = vec![format!("{}@{}", reference.name(), resolved.top_digest)];
     progress.message(&format!("{reference}: building root disk"));
     let record = images.commit_import(&ingest, resolved.manifest_digest, tags, repo_digests)?;

@@ -48,7 +48,11 @@ impl Progress for Lines {
     }
 
     fn blob(&self, digest: &Digest, size: u64) -> Box<dyn BlobProgress + '_> {
-        let _ = writeln!(std::io::stderr(), "{}: downloading {size} bytes", digest.short());
+        let _ = writeln!(
+            std::io::stderr(),
+            "{}: downloading {size} bytes",
+            digest.short()
+        );
         Box::new(LineBlob(digest.short()))
     }
 }
@@ -101,7 +105,9 @@ impl BlobProgress for BarBlob {
 /// Returns [`Bars`] when stderr is a terminal and [`Lines`] otherwise.
 pub fn for_stderr() -> Box<dyn Progress> {
     if std::io::stderr().is_terminal() {
-        Box::new(Bars { multi: MultiProgress::new() })
+        Box::new(Bars {
+            multi: MultiProgress::new(),
+        })
     } else {
         Box::new(Lines)
     }

@@ -82,7 +82,13 @@ impl Applier {
         let raw_name = entry.path_bytes().into_owned();
         let display = String::from_utf8_lossy(&raw_name).into_owned();
         let kind = entry.header().entry_type();
-        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink) {
+        if matches!(
+            kind,
+            EntryType::XGlobalHeader
+                | EntryType::XHeader
+                | EntryType::GNULongName
+                | EntryType::GNULongLink
+        ) {
             return Ok(());
         }
         let path = normalize(&raw_name)?;
@@ -91,10 +97,19 @@ impl Applier {
         if path.as_os_str().is_empty() {
             // The root itself: only its metadata applies.
             if kind == EntryType::Directory {
-                let root = self.tree.root().try_clone().map_err(|e| entry_err("open", &display, e))?;
+                let root = self
+                    .tree
+                    .root()
+                    .try_clone()
+                    .map_err(|e| entry_err("open", &display, e))?;
                 self.dir_times.push((PathBuf::new(), meta.mtime));
-                let dir = rustix::fs::openat(&root, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-                    .map_err(|e| entry_err("open", &display, e.into()))?;
+                let dir = rustix::fs::openat(
+                    &root,
+                    ".",
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| entry_err("open", &display, e.into()))?;
                 set_fd_meta(&dir, &meta).map_err(|e| entry_err("set metadata of", &display, e))?;
             }
             return Ok(());
@@ -103,11 +118,15 @@ impl Applier {
         let (parent, name) = split(&path);
         let name_bytes = name.as_bytes();
         if name_bytes == OPAQUE_WHITEOUT.as_bytes() {
-            return self.opaque(parent).map_err(|e| entry_err("apply opaque whiteout", &display, e));
+            return self
+                .opaque(parent)
+                .map_err(|e| entry_err("apply opaque whiteout", &display, e));
         }
         if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
             let hidden = OsStr::from_bytes(hidden);
-            return self.whiteout(parent, hidden).map_err(|e| entry_err("apply whiteout", &display, e));
+            return self
+                .whiteout(parent, hidden)
+                .map_err(|e| entry_err("apply whiteout", &display, e));
         }
 
         let dir = self
@@ -126,11 +145,12 @@ impl Applier {
                 self.replace(&dir, name)?;
                 rustix::fs::symlinkat(OsStr::from_bytes(&target), &*dir, name)
                     .map_err(|e| entry_err("create symlink", &display, e.into()))?;
-                set_at_meta(&dir, name, &meta, false).map_err(|e| entry_err("set metadata of", &display, e))
+                set_at_meta(&dir, name, &meta, false)
+                    .map_err(|e| entry_err("set metadata of", &display, e))
             }
             EntryType::Link => {
                 let target = entry.link_name_bytes().unwrap_or_default().into_owned();
-                self.hard_link(&dir, name, &target, &display)
+                self.hard_link(&dir, &path, &target, &display)
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let file_type = match kind {
@@ -142,11 +162,21 @@ impl Applier {
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
                 self.replace(&dir, name)?;
-                rustix::fs::mknodat(&*dir, name, file_type, Mode::from_raw_mode(0o600), rustix::fs::makedev(major, minor))
-                    .map_err(|e| entry_err("create device node", &display, e.into()))?;
-                set_at_meta(&dir, name, &meta, true).map_err(|e| entry_err("set metadata of", &display, e))
+                rustix::fs::mknodat(
+                    &*dir,
+                    name,
+                    file_type,
+                    Mode::from_raw_mode(0o600),
+                    rustix::fs::makedev(major, minor),
+                )
+                .map_err(|e| entry_err("create device node", &display, e.into()))?;
+                set_at_meta(&dir, name, &meta, true)
+                    .map_err(|e| entry_err("set metadata of", &display, e))
             }
-            other => Err(Error::Unsupported { name: display, kind: other.as_byte() as char }),
+            other => Err(Error::Unsupported {
+                name: display,
+                kind: other.as_byte() as char,
+            }),
         }
     }
 
@@ -188,14 +218,25 @@ impl Applier {
             rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700))
                 .map_err(|e| entry_err("create directory", &display, e.into()))?;
         }
-        let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| entry_err("open directory", &display, e.into()))?;
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| entry_err("open directory", &display, e.into()))?;
         set_fd_meta(&fd, meta).map_err(|e| entry_err("set metadata of", &display, e))?;
         self.dir_times.push((path.to_path_buf(), meta.mtime));
         Ok(())
     }
 
-    fn regular(&mut self, dir: &OwnedFd, name: &OsStr, entry: &mut dyn Read, meta: &Meta) -> Result<()> {
+    fn regular(
+        &mut self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        entry: &mut dyn Read,
+        meta: &Meta,
+    ) -> Result<()> {
         let display = name.to_string_lossy();
         self.replace(dir, name)?;
         let fd = rustix::fs::openat(
@@ -211,26 +252,41 @@ impl Applier {
         set_fd_meta(&file, meta).map_err(|e| entry_err("set metadata of", &display, e))
     }
 
-    fn hard_link(&mut self, dir: &OwnedFd, name: &OsStr, target: &[u8], display: &str) -> Result<()> {
+    fn hard_link(
+        &mut self,
+        dir: &OwnedFd,
+        path: &Path,
+        target: &[u8],
+        display: &str,
+    ) -> Result<()> {
         let target_display = String::from_utf8_lossy(target).into_owned();
-        let not_found = || Error::LinkTarget { name: display.to_string(), target: target_display.clone() };
+        let not_found = || Error::LinkTarget {
+            name: display.to_string(),
+            target: target_display.clone(),
+        };
         let target = normalize(target)?;
         if target.as_os_str().is_empty() {
             return Err(not_found());
         }
+        // A link to itself would remove its own target first.
+        if target == path {
+            return Ok(());
+        }
+
         let (target_parent, target_name) = split(&target);
         let target_dir = self
             .tree
             .dir(target_parent, false)
             .map_err(|e| entry_err("open the parent of link target", &target_display, e))?
             .ok_or_else(not_found)?;
-        if lstat(&*target_dir, target_name).map_err(|e| entry_err("stat", &target_display, e))?.is_none() {
+        if lstat(&*target_dir, target_name)
+            .map_err(|e| entry_err("stat", &target_display, e))?
+            .is_none()
+        {
             return Err(not_found());
         }
-        // A link to itself would remove its own target.
-        if target_parent == split_parent(display) && target_name == name {
-            return Ok(());
-        }
+
+        let (_, name) = split(path);
         self.replace(dir, name)?;
         rustix::fs::linkat(&*target_dir, target_name, dir, name, AtFlags::empty())
             .map_err(|e| entry_err("create hard link", display, e.into()))
@@ -259,7 +315,12 @@ impl Applier {
     }
 
     fn clear_lower(&self, dir: &OwnedFd, rel: &Path) -> io::Result<()> {
-        let listing = rustix::fs::openat(dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let listing = rustix::fs::openat(
+            dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         let mut names = Vec::new();
         for item in rustix::fs::Dir::read_from(&listing)? {
             let item = item?;
@@ -270,9 +331,16 @@ impl Applier {
         }
         for name in names {
             let child = rel.join(&name);
-            let Some(stat) = lstat(dir, &name)? else { continue };
+            let Some(stat) = lstat(dir, &name)? else {
+                continue;
+            };
             if is_dir(&stat) && (self.ancestors.contains(&child) || self.written.contains(&child)) {
-                let sub = rustix::fs::openat(dir, &name, OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+                let sub = rustix::fs::openat(
+                    dir,
+                    &name,
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
                 self.clear_lower(&sub, &child)?;
             } else if !self.written.contains(&child) {
                 remove_all(dir, &name)?;
@@ -294,7 +362,11 @@ impl Applier {
             }
             let (parent, name) = split(path);
             // A later entry or whiteout of this layer may have removed the directory.
-            let Some(dir) = self.tree.dir(parent, false).map_err(|e| entry_err("open", &display, e))? else {
+            let Some(dir) = self
+                .tree
+                .dir(parent, false)
+                .map_err(|e| entry_err("open", &display, e))?
+            else {
                 continue;
             };
             match rustix::fs::utimensat(&*dir, name, &times, AtFlags::SYMLINK_NOFOLLOW) {
@@ -306,12 +378,12 @@ impl Applier {
     }
 }
 
-fn split_parent(display: &str) -> PathBuf {
-    normalize(display.as_bytes()).ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default()
-}
-
 fn entry_err(op: &'static str, name: &str, source: io::Error) -> Error {
-    Error::Entry { op, name: name.to_string(), source }
+    Error::Entry {
+        op,
+        name: name.to_string(),
+        source,
+    }
 }
 
 fn read_meta(entry: &mut tar::Entry<'_, &mut dyn Read>) -> io::Result<Meta> {
@@ -338,7 +410,13 @@ fn read_meta(entry: &mut tar::Entry<'_, &mut dyn Read>) -> io::Result<Meta> {
             }
         }
     }
-    Ok(Meta { mode, uid, gid, mtime, xattrs })
+    Ok(Meta {
+        mode,
+        uid,
+        gid,
+        mtime,
+        xattrs,
+    })
 }
 
 fn parse_pax_number(value: &[u8]) -> Option<i64> {
@@ -349,15 +427,25 @@ fn parse_pax_number(value: &[u8]) -> Option<i64> {
 
 fn timestamps(mtime: i64) -> Timestamps {
     Timestamps {
-        last_access: Timespec { tv_sec: 0, tv_nsec: UTIME_OMIT },
-        last_modification: Timespec { tv_sec: mtime, tv_nsec: 0 },
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: mtime,
+            tv_nsec: 0,
+        },
     }
 }
 
 /// Sets owner, mode, xattrs and mtime through an open descriptor. The owner comes first
 /// because chown clears the setuid and setgid bits.
 fn set_fd_meta(fd: &impl AsFd, meta: &Meta) -> io::Result<()> {
-    rustix::fs::fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))?;
+    rustix::fs::fchown(
+        fd,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+    )?;
     rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
     for (name, value) in &meta.xattrs {
         rustix::fs::fsetxattr(fd, name.as_os_str(), value, XattrFlags::empty())?;
@@ -369,13 +457,29 @@ fn set_fd_meta(fd: &impl AsFd, meta: &Meta) -> io::Result<()> {
 /// Sets metadata of `name` in `dir` without following it; `chmod` only where `set_mode`,
 /// because Linux has no mode for symlinks.
 fn set_at_meta(dir: &OwnedFd, name: &OsStr, meta: &Meta, set_mode: bool) -> io::Result<()> {
-    rustix::fs::chownat(dir, name, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+    rustix::fs::chownat(
+        dir,
+        name,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
     if set_mode {
         rustix::fs::chmodat(dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())?;
     }
     for (attr, value) in &meta.xattrs {
-        rustix::fs::lsetxattr(proc_path(dir, name), attr.as_os_str(), value, XattrFlags::empty())?;
+        rustix::fs::lsetxattr(
+            proc_path(dir, name),
+            attr.as_os_str(),
+            value,
+            XattrFlags::empty(),
+        )?;
     }
-    rustix::fs::utimensat(dir, name, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)?;
+    rustix::fs::utimensat(
+        dir,
+        name,
+        &timestamps(meta.mtime),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
     Ok(())
 }

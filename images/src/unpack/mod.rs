@@ -1,7 +1,7 @@
 //! Applies image layers to a staging tree.
 //!
 //! Layers are applied strictly in order, each streamed from its blob through the decompressor
-//! (gzip, zstd or none, sniffed from the magic bytes) and the tar reader; the uncompressed
+//! (gzip, zstd or none, sniffed from the magic bytes) and the tar reader. The uncompressed
 //! stream is hashed on the way to check the config's diff id. Entries are written with `*at`
 //! system calls relative to directory descriptors that [`tree`] resolves with `openat2`'s
 //! `RESOLVE_IN_ROOT`, so symlinks in a layer resolve as in a chroot and nothing lands outside
@@ -98,7 +98,10 @@ pub fn apply_layer(root: &Path, blob: impl Read, diff_id: Option<&Digest>) -> Re
     let (_, actual, _) = hashing.finish();
     if let Some(expected) = diff_id {
         if actual != *expected {
-            return Err(Error::DiffIdMismatch { expected: *expected, actual });
+            return Err(Error::DiffIdMismatch {
+                expected: *expected,
+                actual,
+            });
         }
     }
     stats.diff_id = actual;

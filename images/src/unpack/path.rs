@@ -31,7 +31,9 @@ pub fn normalize(name: &[u8]) -> Result<PathBuf> {
 
 /// Splits a normalised, non-empty path into its parent and final name.
 pub(super) fn split(path: &Path) -> (&Path, &OsStr) {
-    let name = path.file_name().expect("a normalised non-root path has a file name");
+    let name = path
+        .file_name()
+        .expect("a normalised non-root path has a file name");
     (path.parent().unwrap_or(Path::new("")), name)
 }
 
@@ -59,7 +61,10 @@ mod tests {
     #[test]
     fn normalize_rejects_escapes() {
         for input in [&b"../x"[..], b"a/../../x", b"/../etc/passwd", b"./.."] {
-            assert!(matches!(normalize(input), Err(Error::Escape(_))), "{input:?}");
+            assert!(
+                matches!(normalize(input), Err(Error::Escape(_))),
+                "{input:?}"
+            );
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Directory resolution inside the staging root.
 //!
 //! Every write goes through a descriptor of the entry's parent directory, opened with
-//! `openat2(RESOLVE_IN_ROOT)`: symlinks on the way resolve as if the staging root were `/`,
-//! and `..` stops at it, so neither a symlink to `/etc` nor one to `../../..` in a layer can
+//! `openat2(RESOLVE_IN_ROOT)`. Symlinks on the way resolve as if the staging root were `/`,
+//! and `..` stops at it. So neither a symlink to `/etc` nor one to `../../..` in a layer can
 //! direct a later entry outside. The final component is always handled with `*at` calls that
 //! do not follow it.
 
@@ -59,7 +59,11 @@ impl Tree {
     }
 
     fn resolve(&self, rel: &Path) -> io::Result<OwnedFd> {
-        let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
         Ok(openat2(&self.root, rel, DIR_FLAGS, Mode::empty(), RESOLVE)?)
     }
 
@@ -71,14 +75,21 @@ impl Tree {
             current = match self.resolve(&prefix) {
                 Ok(fd) => fd,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    match rustix::fs::mkdirat(&current, component.as_os_str(), Mode::from_raw_mode(0o755)) {
+                    match rustix::fs::mkdirat(
+                        &current,
+                        component.as_os_str(),
+                        Mode::from_raw_mode(0o755),
+                    ) {
                         Ok(()) => {}
                         // Something that does not resolve to a directory is in the way, such
                         // as a symlink to a missing path: Docker fails here too.
                         Err(rustix::io::Errno::EXIST) => {
                             return Err(io::Error::new(
                                 io::ErrorKind::NotADirectory,
-                                format!("{} exists but does not resolve to a directory inside the root", prefix.display()),
+                                format!(
+                                    "{} exists but does not resolve to a directory inside the root",
+                                    prefix.display()
+                                ),
                             ))
                         }
                         Err(e) => return Err(e.into()),
@@ -113,12 +124,12 @@ pub(super) fn remove_all(dir: &impl AsFd, name: &OsStr) -> io::Result<()> {
     if !is_dir(&stat) {
         return Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?);
     }
-    // std's remove_dir_all works with openat and O_NOFOLLOW below the path it gets; the
-    // /proc/self/fd link pins the parent to the directory this descriptor already refers to.
+    // std's remove_dir_all uses openat and O_NOFOLLOW below the path it gets. The
+    // /proc/self/fd link pins the parent to the directory this descriptor refers to.
     std::fs::remove_dir_all(proc_path(dir, name))
 }
 
-/// A path that names `name` inside the directory open as `dir`, for calls without an `*at`
+/// Builds a path to `name` inside the directory open as `dir`, for calls without an `*at`
 /// form (lsetxattr, remove_dir_all). The kernel resolves the fd link to that very directory.
 pub(super) fn proc_path(dir: &impl AsFd, name: &OsStr) -> PathBuf {
     Path::new(&format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd())).join(name)

@@ -43,7 +43,10 @@ impl Entry {
     }
 
     pub fn file(name: &str, data: &str) -> Entry {
-        Entry { data: data.as_bytes().to_vec(), ..Entry::new(name, EntryType::Regular, 0o644) }
+        Entry {
+            data: data.as_bytes().to_vec(),
+            ..Entry::new(name, EntryType::Regular, 0o644)
+        }
     }
 
     pub fn dir(name: &str) -> Entry {
@@ -51,15 +54,25 @@ impl Entry {
     }
 
     pub fn symlink(name: &str, target: &str) -> Entry {
-        Entry { link: target.as_bytes().to_vec(), ..Entry::new(name, EntryType::Symlink, 0o777) }
+        Entry {
+            link: target.as_bytes().to_vec(),
+            ..Entry::new(name, EntryType::Symlink, 0o777)
+        }
     }
 
     pub fn hard_link(name: &str, target: &str) -> Entry {
-        Entry { link: target.as_bytes().to_vec(), ..Entry::new(name, EntryType::Link, 0o644) }
+        Entry {
+            link: target.as_bytes().to_vec(),
+            ..Entry::new(name, EntryType::Link, 0o644)
+        }
     }
 
     pub fn whiteout(dir: &str, name: &str) -> Entry {
-        let path = if dir.is_empty() { format!(".wh.{name}") } else { format!("{dir}/.wh.{name}") };
+        let path = if dir.is_empty() {
+            format!(".wh.{name}")
+        } else {
+            format!("{dir}/.wh.{name}")
+        };
         Entry::file(&path, "")
     }
 
@@ -68,7 +81,10 @@ impl Entry {
     }
 
     pub fn device(name: &str, kind: EntryType, major: u32, minor: u32, mode: u32) -> Entry {
-        Entry { device: (major, minor), ..Entry::new(name, kind, mode) }
+        Entry {
+            device: (major, minor),
+            ..Entry::new(name, kind, mode)
+        }
     }
 
     pub fn owner(mut self, uid: u64, gid: u64) -> Entry {
@@ -149,7 +165,8 @@ pub fn compress(tar: &[u8], how: Compress) -> Vec<u8> {
     match how {
         Compress::None => tar.to_vec(),
         Compress::Gzip => {
-            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             encoder.write_all(tar).unwrap();
             encoder.finish().unwrap()
         }
@@ -228,19 +245,37 @@ pub fn write_layout(dir: &Path, ref_name: &str, layers: &[(Vec<u8>, Compress)]) 
     });
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    Layout { manifest: manifest_digest, config: config_digest, diff_ids, layers: layer_digests }
+    Layout {
+        manifest: manifest_digest,
+        config: config_digest,
+        diff_ids,
+        layers: layer_digests,
+    }
 }
 
 /// Runs a debugfs request against a disk and returns its stdout.
 pub fn debugfs(disk: &Path, request: &str) -> String {
-    let output = Command::new("debugfs").arg("-R").arg(request).arg(disk).output().unwrap();
-    assert!(output.status.success(), "debugfs {request}: {}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new("debugfs")
+        .arg("-R")
+        .arg(request)
+        .arg(disk)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "debugfs {request}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Asserts that `e2fsck -fn` finds no problem in the disk.
 pub fn assert_fsck_clean(disk: &Path) {
-    let output = Command::new("e2fsck").arg("-fn").arg(disk).output().unwrap();
+    let output = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(disk)
+        .output()
+        .unwrap();
     assert!(
         output.status.success(),
         "e2fsck -fn {}: {}{}",
@@ -259,7 +294,7 @@ pub struct Registry {
 
 impl Registry {
     /// Starts the registry, with `extra_config` appended to the YAML config, and waits until
-    /// it answers `/v2/`.
+    /// it accepts connections.
     pub fn start(extra_config: &str) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -291,7 +326,10 @@ impl Registry {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("docker-registry did not listen on port {} within 30 s", self.port);
+        panic!(
+            "docker-registry did not listen on port {} within 30 s",
+            self.port
+        );
     }
 
     pub fn host(&self) -> String {
@@ -301,12 +339,21 @@ impl Registry {
     /// Pushes the OCI layout at `dir` (its `ref_name` image) as `name` with skopeo.
     pub fn push_layout(&self, dir: &Path, ref_name: &str, name: &str) {
         let output = Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests"])
+            .args([
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                "--preserve-digests",
+            ])
             .arg(format!("oci:{}:{ref_name}", dir.display()))
             .arg(format!("docker://{}/{name}", self.host()))
             .output()
             .unwrap();
-        assert!(output.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "skopeo copy: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
 
@@ -318,10 +365,14 @@ impl Drop for Registry {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
-/// The blob path of `digest` inside an OCI layout.
+/// Returns the blob path of `digest` inside an OCI layout.
 pub fn layout_blob(dir: &Path, digest: &Digest) -> PathBuf {
     dir.join("blobs/sha256").join(digest.hex())
 }

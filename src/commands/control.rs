@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::container::{Container, ContainerState, Status};
 
-/// Sends one control line and checks the supervisor's answer.
+/// Sends one control line and checks the supervisor's reply.
 pub fn request(container: &Container, line: &str) -> Result<()> {
     let path = container.control_path();
     let mut stream = UnixStream::connect(&path).with_context(|| {
@@ -23,7 +23,7 @@ pub fn request(container: &Container, line: &str) -> Result<()> {
     match answer.trim_end() {
         "ok" => Ok(()),
         other => bail!(
-            "the supervisor of container {} refused {line:?}: {other}",
+            "the supervisor of container {} rejected {line:?}: {other}",
             container.short_id()
         ),
     }

@@ -46,7 +46,7 @@ fn remove_one(global: &Global, name: &str, force: bool) -> Result<()> {
             bail!("container {name} is running: stop it first, or use rm -f");
         }
         if control::request(&container, "kill-vm").is_err() {
-            // The supervisor does not answer: end the processes directly.
+            // The supervisor does not respond, so end the processes directly.
             for pid in [state.vmm_pid, state.supervisor_pid].into_iter().flatten() {
                 // SAFETY: kill has no memory-safety requirements.
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };

@@ -121,6 +121,9 @@ fn create(global: &Global, args: &Args) -> Result<Container> {
         }
     }
 
+    // A host that cannot run the VM fails before anything is pulled or created.
+    vmm::host::open_kvm().context("cannot run microVMs on this host")?;
+
     let images = open_images(global, &args.registry)?;
     let image = match images.get(&args.image) {
         Ok(image) => image,

@@ -5,7 +5,7 @@
 //!
 //! Its control socket takes one line per connection from `stop`, `kill` and `rm -f`:
 //! `signal N` forwards signal N, `stop T` sends the stop signal and kills the VM after T seconds,
-//! and `kill-vm` kills the VM at once. It answers `ok` or `error: MESSAGE`.
+//! and `kill-vm` kills the VM at once. It replies `ok` or `error: MESSAGE`.
 
 use std::fs::OpenOptions;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -126,7 +126,7 @@ fn supervise(container: &Container, config: &ContainerConfig, attach: Attach) ->
     );
     finished.set();
 
-    // The VM must be gone before the state says so, whatever happened above.
+    // The VM must be gone before state.json records the exit, whatever happened above.
     let status = stop_vmm(&mut vmm);
     let (code, error) = match result {
         Ok(Some(code)) => (code, None),

@@ -23,8 +23,10 @@ use super::connection::{Connection, HostRead, State};
 use super::packet::{shutdown, Op, PacketHeader, TYPE_STREAM};
 use super::{VsockError, HOST_CID};
 
-/// How long a host-initiated connection waits for the guest to accept it.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a host-initiated connection waits for the guest to accept it. A guest without a
+/// listener answers at once with a reset, so this only ends requests to a guest that is stuck
+/// or very slow, as under nested emulation with a hundred connections arriving at once.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest accepted `CONNECT <port>\n` line.
 const MAX_CONNECT_LINE: usize = 32;
 /// First host port handed to host-initiated connections.

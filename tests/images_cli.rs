@@ -23,28 +23,50 @@ fn bulkhead(root: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
 }
 
 fn stdout(output: &Output) -> String {
-    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn run(command: &mut Command) {
     let output = command.output().unwrap();
-    assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Builds a busybox image with umoci and writes it as a `docker save` archive with skopeo.
 fn busybox_docker_archive(dir: &Path) -> Vec<u8> {
     let layout = dir.join("layout");
     let image = format!("{}:v1", layout.display());
-    run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
     run(Command::new("umoci").args(["new", "--image", &image]));
     let bundle = dir.join("bundle");
-    run(Command::new("umoci").args(["unpack", "--image", &image]).arg(&bundle));
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&bundle));
     std::fs::create_dir_all(bundle.join("rootfs/bin")).unwrap();
     std::fs::copy("/bin/busybox", bundle.join("rootfs/bin/busybox")).unwrap();
     std::os::unix::fs::symlink("busybox", bundle.join("rootfs/bin/sh")).unwrap();
-    run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
-    run(Command::new("umoci").args(["config", "--image", &image, "--config.cmd", "/bin/sh", "--config.env", "GREETING=hi"]));
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.cmd",
+        "/bin/sh",
+        "--config.env",
+        "GREETING=hi",
+    ]));
     let archive = dir.join("archive.tar");
     run(Command::new("skopeo")
         .arg("copy")
@@ -66,30 +88,59 @@ fn load_list_inspect_remove() {
     let listing = stdout(&bulkhead(&root, &["images"], None));
     let lines: Vec<&str> = listing.lines().collect();
     assert_eq!(lines.len(), 2, "{listing}");
-    assert!(lines[0].starts_with("REPOSITORY") && lines[0].contains("IMAGE ID"), "{listing}");
-    assert!(lines[1].starts_with("cli/app") && lines[1].contains("v1"), "{listing}");
+    assert!(
+        lines[0].starts_with("REPOSITORY") && lines[0].contains("IMAGE ID"),
+        "{listing}"
+    );
+    assert!(
+        lines[1].starts_with("cli/app") && lines[1].contains("v1"),
+        "{listing}"
+    );
 
     let ids = stdout(&bulkhead(&root, &["images", "-q"], None));
     let id = ids.trim();
     assert_eq!(id.len(), 12, "{ids}");
 
-    let inspected: serde_json::Value = serde_json::from_str(&stdout(&bulkhead(&root, &["inspect", "cli/app:v1"], None))).unwrap();
+    let inspected: serde_json::Value =
+        serde_json::from_str(&stdout(&bulkhead(&root, &["inspect", "cli/app:v1"], None))).unwrap();
     let image = &inspected[0];
-    assert!(image["Id"].as_str().unwrap().starts_with(&format!("sha256:{id}")));
+    assert!(image["Id"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("sha256:{id}")));
     assert_eq!(image["Config"]["Cmd"], serde_json::json!(["/bin/sh"]));
-    assert!(image["Config"]["Env"].as_array().unwrap().contains(&serde_json::json!("GREETING=hi")));
+    assert!(image["Config"]["Env"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("GREETING=hi")));
     assert_eq!(image["Layers"].as_array().unwrap().len(), 1);
     let disk = image["Disk"].as_str().unwrap();
     assert!(Path::new(disk).starts_with(&root), "{disk}");
-    let fsck = Command::new("e2fsck").arg("-fn").arg(disk).output().unwrap();
-    assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(disk)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
 
     let removed = stdout(&bulkhead(&root, &["rmi", id], None));
-    assert!(removed.contains("Untagged: docker.io/cli/app:v1"), "{removed}");
+    assert!(
+        removed.contains("Untagged: docker.io/cli/app:v1"),
+        "{removed}"
+    );
     assert!(removed.contains("Deleted: sha256:"), "{removed}");
     assert_eq!(stdout(&bulkhead(&root, &["images", "-q"], None)), "");
     assert_eq!(std::fs::read_dir(root.join("rootfs")).unwrap().count(), 0);
-    assert_eq!(std::fs::read_dir(root.join("blobs/sha256")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(root.join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -99,8 +150,17 @@ fn failure_exits_125_with_cause_chain() {
     assert_eq!(output.status.code(), Some(125));
     let stderr = String::from_utf8_lossy(&output.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.first(), Some(&"bulkhead: failed to inspect nosuch"), "{stderr}");
-    assert!(lines.iter().any(|l| l.trim() == "caused by: no such image: nosuch"), "{stderr}");
+    assert_eq!(
+        lines.first(),
+        Some(&"bulkhead: failed to inspect nosuch"),
+        "{stderr}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.trim() == "caused by: no such image: nosuch"),
+        "{stderr}"
+    );
 
     let output = bulkhead(work.path(), &["pull", "Not/A:valid:ref"], None);
     assert_eq!(output.status.code(), Some(125));

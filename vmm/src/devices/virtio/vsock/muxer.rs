@@ -298,6 +298,11 @@ impl Muxer {
         let result = match op {
             Op::Response => Self::establish(connection),
             Op::Rst => {
+                tracing::debug!(
+                    port = key.peer_port,
+                    local_port = key.local_port,
+                    "vsock: the guest reset a connection"
+                );
                 self.remove(key);
                 return;
             }
@@ -368,6 +373,11 @@ impl Muxer {
             ));
         }
         connection.state = State::Established;
+        tracing::debug!(
+            port = connection.peer_port,
+            local_port = connection.local_port,
+            "vsock: the guest accepted a host connection"
+        );
         // The line is a few bytes on a fresh socket, so the socket buffer takes it at once.
         let line = format!("OK {}\n", connection.local_port);
         let mut stream = connection.stream();

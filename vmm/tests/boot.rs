@@ -253,3 +253,28 @@ fn pvm_host_is_named() {
     assert!(stderr.contains("PVM (module kvm_pvm)"), "{stderr}");
     assert!(stderr.contains("Intel VT-x or AMD-V"), "{stderr}");
 }
+
+/// Debian's generic kernel is a bzImage. Without a root disk it panics at mount time, which
+/// proves the bzImage loader and boot path reach the kernel's own code.
+#[test]
+fn bzimage_kernel_boots() {
+    let bzimage = std::fs::read_dir("/boot")
+        .expect("/boot is readable")
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|path| path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .expect("scripts/setup installs linux-image-amd64, which has a bzImage in /boot");
+
+    let output = kvm_host::shared().run(&[
+        VMM,
+        "--kernel",
+        bzimage.to_str().unwrap(),
+        "--memory",
+        "256",
+        "--cmdline",
+        "root=/dev/vdz",
+    ]);
+
+    assert_eq!(output.status, 8, "the guest panics without a root disk\n{output}");
+    assert!(output.stdout_str().contains("Linux version"), "the kernel printed its banner\n{output}");
+    assert!(output.stdout_str().contains("Kernel panic"), "{output}");
+}

@@ -261,7 +261,10 @@ fn bzimage_kernel_boots() {
     let bzimage = std::fs::read_dir("/boot")
         .expect("/boot is readable")
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .find(|path| path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .find(|path| {
+            path.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
         .expect("scripts/setup installs linux-image-amd64, which has a bzImage in /boot");
 
     let output = kvm_host::shared().run(&[
@@ -274,7 +277,13 @@ fn bzimage_kernel_boots() {
         "root=/dev/vdz",
     ]);
 
-    assert_eq!(output.status, 8, "the guest panics without a root disk\n{output}");
-    assert!(output.stdout_str().contains("Linux version"), "the kernel printed its banner\n{output}");
+    assert_eq!(
+        output.status, 8,
+        "the guest panics without a root disk\n{output}"
+    );
+    assert!(
+        output.stdout_str().contains("Linux version"),
+        "the kernel printed its banner\n{output}"
+    );
     assert!(output.stdout_str().contains("Kernel panic"), "{output}");
 }

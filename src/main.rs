@@ -79,9 +79,17 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let cli = Cli::parse();
+    // Listing commands end quietly when their reader goes away (`ps -q | head -1`). The
+    // supervisor keeps Rust's default of ignoring SIGPIPE, so a client closing a relayed socket
+    // cannot kill it.
+    if !matches!(cli.command, Command::Run(_) | Command::Supervise(_)) {
+        // SAFETY: restoring the default disposition of SIGPIPE has no memory-safety requirements.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // An absolute root keeps the paths that commands print and store valid from any directory.
     let root = std::path::absolute(&cli.root).unwrap_or(cli.root);
     let global = commands::Global { root };

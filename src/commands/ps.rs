@@ -86,13 +86,22 @@ fn status_text(state: &ContainerState, running: bool) -> String {
                 .finished
                 .map(|finished| format!(" {} ago", human_duration(now().saturating_sub(finished))))
                 .unwrap_or_default();
-            let reason = if state.error.is_some() {
-                " (error, see inspect)"
-            } else {
-                ""
+            let reason = match &state.error {
+                Some(error) => format!(" ({})", first_line(error, 60)),
+                None => String::new(),
             };
             format!("Exited ({code}){ago}{reason}")
         }
+    }
+}
+
+/// The first line of `text`, cut to `max` characters.
+fn first_line(text: &str, max: usize) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    if line.chars().count() > max {
+        line.chars().take(max - 1).chain(['…']).collect()
+    } else {
+        line.to_owned()
     }
 }
 

@@ -218,14 +218,15 @@ fn start_detached(global: &Global, container: &Container) -> Result<()> {
         .context("failed to start the container supervisor")?;
 
     loop {
+        if !container.dir.exists() {
+            let _ = child.wait();
+            bail!("the container exited during start and --rm removed it; run it without -d to see its output");
+        }
         let state = container.state()?;
         match state.status {
             Status::Exited => {
                 let _ = child.wait();
-                let error = state
-                    .error
-                    .unwrap_or_else(|| "the container exited during start".to_owned());
-                return Err(anyhow!(error));
+                return Err(start_failure(container, &state));
             }
             Status::Running if state.started.is_some() => return Ok(()),
             _ => {}
@@ -239,6 +240,38 @@ fn start_detached(global: &Global, container: &Container) -> Result<()> {
             }
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Explains a detached container that ended before its process started: the recorded error,
+/// or the process's own stderr (the agent writes why a command is not found or not executable).
+fn start_failure(container: &Container, state: &ContainerState) -> anyhow::Error {
+    if let Some(error) = &state.error {
+        return anyhow!(error.clone());
+    }
+    let mut stderr = Vec::new();
+    if let Ok(file) = std::fs::File::open(container.output_log()) {
+        let mut reader = container::log::Reader::new(file);
+        while let Ok(Some((stream, data))) = reader.next_record() {
+            if stream == container::log::STDERR {
+                stderr.extend_from_slice(&data);
+            }
+        }
+    }
+    let code = state
+        .exit_code
+        .map_or("unknown".to_owned(), |c| c.to_string());
+    let output = String::from_utf8_lossy(&stderr).trim().to_owned();
+    if output.is_empty() {
+        anyhow!(
+            "the container {} exited with status {code} during start",
+            container.short_id()
+        )
+    } else {
+        anyhow!(
+            "the container {} exited with status {code} during start: {output}",
+            container.short_id()
+        )
     }
 }
 

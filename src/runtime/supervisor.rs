@@ -304,9 +304,9 @@ fn vm_failure(container: &Container, status: Option<ExitStatus>) -> (i32, Option
     use std::os::unix::process::ExitStatusExt;
     let console = container.console_log();
     let reason = match status.map(|s| (s.code(), s.signal())) {
-        Some((_, Some(libc::SIGKILL))) => {
-            return (EXIT_KILLED, Some("the microVM was killed".to_owned()));
-        }
+        // `stop` after its grace period, `kill` and `rm -f` end the VM this way: an ordinary
+        // 137 as in Docker, not an error.
+        Some((_, Some(libc::SIGKILL))) => return (EXIT_KILLED, None),
         Some((Some(8), _)) => "the guest kernel panicked".to_owned(),
         Some((Some(9), _)) => "a vCPU of the microVM failed".to_owned(),
         Some((Some(code), _)) => format!("bulkhead-vmm exited with status {code}"),

@@ -17,6 +17,7 @@ use vmm::host::KvmError;
 /// Exit statuses, documented in the crate header and the README.
 mod status {
     pub const OTHER: u8 = 1;
+    pub const USAGE: u8 = 2;
     pub const NO_KVM: u8 = 3;
     pub const PVM: u8 = 4;
     pub const BAD_KERNEL: u8 = 5;
@@ -75,6 +76,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let config = VmConfig {
@@ -129,6 +131,7 @@ fn exit_status(error: &BuildError) -> u8 {
         }
         BuildError::MemoryTooSmall { .. } | BuildError::Memory(_) => status::MEMORY_TOO_SMALL,
         BuildError::Disk(_) => status::BAD_DISK,
+        BuildError::CpuCount(_) => status::USAGE,
         _ => status::OTHER,
     }
 }

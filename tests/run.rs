@@ -351,6 +351,31 @@ fn http_get(port: u16, path: &str) -> std::io::Result<Vec<u8>> {
 }
 
 #[test]
+fn detached_start_outcomes() {
+    fixture();
+    let missing = bulkhead(&["run", "-d", "--name", "missing-cmd", IMAGE, "nosuchcmd"]);
+    let _cleanup = Cleanup("missing-cmd".into());
+    assert_eq!(
+        missing.status, 127,
+        "a command not found is 127, as in Docker\n{missing}"
+    );
+    assert!(
+        missing.stderr_str().contains("nosuchcmd"),
+        "the reason is shown\n{missing}"
+    );
+
+    // A process that ends at once still started: run -d prints its id and succeeds.
+    let quick = bulkhead(&["run", "-d", "--name", "quick", IMAGE, "true"]);
+    let _cleanup_quick = Cleanup("quick".into());
+    assert_eq!(quick.status, 0, "{quick}");
+    assert_eq!(
+        quick.stdout_str().trim().len(),
+        64,
+        "the id is printed\n{quick}"
+    );
+}
+
+#[test]
 fn published_port_serves_clients() {
     let fixture = fixture();
     let output = bulkhead(&[

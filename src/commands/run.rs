@@ -91,9 +91,16 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let container = create(global, &args)?;
 
     if args.detach {
-        start_detached(global, &container)?;
-        println!("{}", container.id);
-        return Ok(ExitCode::SUCCESS);
+        return match start_detached(global, &container)? {
+            DetachedStart::Started => {
+                println!("{}", container.id);
+                Ok(ExitCode::SUCCESS)
+            }
+            DetachedStart::Failed { code, message } => {
+                eprintln!("bulkhead: {message}");
+                Ok(ExitCode::from(code))
+            }
+        };
     }
 
     let code = supervisor::run(&container, Attach::Foreground)?;
@@ -194,7 +201,15 @@ fn create(global: &Global, args: &Args) -> Result<Container> {
 }
 
 /// Starts the supervisor as a detached process and waits until the process runs or fails.
-fn start_detached(global: &Global, container: &Container) -> Result<()> {
+/// How the start of a detached container ended.
+enum DetachedStart {
+    /// The process started; it may even have finished already.
+    Started,
+    /// The process never started: Docker's status (126, 127, else 125) and the reason.
+    Failed { code: u8, message: String },
+}
+
+fn start_detached(global: &Global, container: &Container) -> Result<DetachedStart> {
     let exe = std::env::current_exe().context("cannot find the bulkhead executable")?;
     let log = std::fs::File::create(container.dir.join("supervisor.log"))?;
     let mut command = Command::new(exe);
@@ -224,11 +239,21 @@ fn start_detached(global: &Global, container: &Container) -> Result<()> {
         }
         let state = container.state()?;
         match state.status {
+            // A quick process can run and exit before this loop looks: it still started.
+            Status::Exited if state.started.is_some() && state.error.is_none() => {
+                let _ = child.wait();
+                return Ok(DetachedStart::Started);
+            }
             Status::Exited => {
                 let _ = child.wait();
-                return Err(start_failure(container, &state));
+                let code = match state.exit_code {
+                    Some(code @ (126 | 127)) => code as u8,
+                    _ => supervisor::EXIT_BULKHEAD_FAILED as u8,
+                };
+                let message = start_failure(container, &state).to_string();
+                return Ok(DetachedStart::Failed { code, message });
             }
-            Status::Running if state.started.is_some() => return Ok(()),
+            Status::Running if state.started.is_some() => return Ok(DetachedStart::Started),
             _ => {}
         }
         if let Some(status) = child.try_wait()? {

@@ -1,7 +1,7 @@
 //! The host side of every vsock connection: a Unix socket in Firecracker's hybrid style.
 //!
 //! - A host program connects to the socket at `path` and writes `CONNECT <port>\n`. The muxer
-//!   sends the guest a connection request for that port and, once the guest accepts, answers
+//!   sends the guest a connection request for that port and, once the guest accepts, replies
 //!   `OK <host port>\n` on the Unix stream. From then on the stream carries the connection's data.
 //! - A guest connection to host port P is forwarded to the Unix socket `<path>_<P>`, where a host
 //!   program must be listening; otherwise the guest gets a reset.
@@ -24,7 +24,7 @@ use super::packet::{shutdown, Op, PacketHeader, TYPE_STREAM};
 use super::{VsockError, HOST_CID};
 
 /// How long a host-initiated connection waits for the guest to accept it. A guest without a
-/// listener answers at once with a reset, so this only ends requests to a guest that is stuck
+/// listener replies at once with a reset, so this only ends requests to a guest that is stuck
 /// or very slow, as under nested emulation with a hundred connections arriving at once.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest accepted `CONNECT <port>\n` line.
@@ -249,7 +249,7 @@ impl Muxer {
         if events
             .intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR)
         {
-            // Reading tells EOF and errors apart.
+            // A read distinguishes EOF from errors.
             connection.readable = true;
         }
         if events.contains(EventSet::OUT) {
@@ -390,7 +390,7 @@ impl Muxer {
         }
     }
 
-    /// Tells the guest the connection is gone and forgets it.
+    /// Sends the guest a reset for the connection and removes it.
     fn reset(&mut self, key: Key) {
         if let Some(mut connection) = self.remove(key) {
             self.control.push_back(connection.header(Op::Rst, 0, 0));
@@ -403,7 +403,7 @@ impl Muxer {
         Some(connection)
     }
 
-    /// Answers a packet that belongs to no connection with a reset, unless it is a reset itself.
+    /// Replies to a packet of no known connection with a reset, unless it is a reset itself.
     fn reset_unknown(&mut self, header: &PacketHeader) {
         if header.op == Op::Rst as u16 {
             return;

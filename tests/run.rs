@@ -458,7 +458,11 @@ fn published_port_serves_clients() {
     assert_eq!(rm.status, 0, "{rm}");
     std::mem::forget(cleanup);
     let leftovers = shell(&format!(
-        "ls /var/lib/bulkhead/containers/{id} /run/bulkhead/{short} 2>&1; ps -e -o comm | grep -c bulkhead-vmm",
+        // Other tests run VMs at the same time, so only this container's VMM counts: its
+        // --vsock argument names the container's socket directory. `[/]` keeps the pattern from
+        // matching this shell's own command line.
+        "ls /var/lib/bulkhead/containers/{id} /run/bulkhead/{short} 2>&1; \
+         ps -e -o args | grep -c '[/]run/bulkhead/{short}/'",
         short = &id[..12]
     ));
     assert!(

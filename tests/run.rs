@@ -435,8 +435,8 @@ fn published_port_serves_clients() {
         );
     }
 
-    // The 127.0.0.1 binding answers on loopback only; the test host's own network address is
-    // refused.
+    // The 127.0.0.1 binding accepts loopback connections only. The test host's own network
+    // address is refused.
     let check = shell(
         "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8081/index.html; echo; \
          addr=$(ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1); \
@@ -532,7 +532,7 @@ fn guest_panic_is_reported() {
 #[test]
 fn bad_inputs_exit_125() {
     fixture();
-    // Something inside the test host holds port 8082.
+    // A process inside the test host keeps port 8082 bound.
     let holder = host()
         .command("/usr/bin/python3")
         .args(["-c", "import socket,time; s=socket.socket(); s.bind(('0.0.0.0',8082)); s.listen(); print('bound', flush=True); time.sleep(600)"])

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -26,6 +27,26 @@ pub fn request(container: &Container, line: &str) -> Result<()> {
             "the supervisor of container {} rejected {line:?}: {other}",
             container.short_id()
         ),
+    }
+}
+
+/// Applies `action` to each named container as Docker's multi-container commands do: prints
+/// each name that succeeded, reports each failure on stderr, and returns 1 when any failed.
+pub fn for_each(names: &[String], mut action: impl FnMut(&str) -> Result<()>) -> ExitCode {
+    let mut failed = false;
+    for name in names {
+        match action(name) {
+            Ok(()) => println!("{name}"),
+            Err(error) => {
+                eprintln!("bulkhead: {error:#}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

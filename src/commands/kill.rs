@@ -21,26 +21,11 @@ pub struct Args {
 
 pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let signal = parse_signal(&args.signal)?;
-    let mut failed = false;
-    for name in &args.containers {
-        let result = (|| -> Result<()> {
-            let container = container::find(&global.root, name)?;
-            if !control::is_running(&container.state()?) {
-                bail!("container {name} is not running");
-            }
-            control::request(&container, &format!("signal {signal}"))
-        })();
-        match result {
-            Ok(()) => println!("{name}"),
-            Err(error) => {
-                eprintln!("bulkhead: {error:#}");
-                failed = true;
-            }
+    Ok(control::for_each(&args.containers, |name| {
+        let container = container::find(&global.root, name)?;
+        if !control::is_running(&container.state()?) {
+            bail!("container {name} is not running");
         }
-    }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+        control::request(&container, &format!("signal {signal}"))
+    }))
 }

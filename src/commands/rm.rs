@@ -21,21 +21,9 @@ pub struct Args {
 }
 
 pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
-    let mut failed = false;
-    for name in &args.containers {
-        match remove_one(global, name, args.force) {
-            Ok(()) => println!("{name}"),
-            Err(error) => {
-                eprintln!("bulkhead: {error:#}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(control::for_each(&args.containers, |name| {
+        remove_one(global, name, args.force)
+    }))
 }
 
 fn remove_one(global: &Global, name: &str, force: bool) -> Result<()> {

@@ -22,21 +22,9 @@ pub struct Args {
 }
 
 pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
-    let mut failed = false;
-    for name in &args.containers {
-        match stop_one(global, name, args.time) {
-            Ok(()) => println!("{name}"),
-            Err(error) => {
-                eprintln!("bulkhead: {error:#}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(control::for_each(&args.containers, |name| {
+        stop_one(global, name, args.time)
+    }))
 }
 
 fn stop_one(global: &Global, name: &str, seconds: u64) -> Result<()> {

@@ -13,7 +13,7 @@ pub struct PortMapping {
     pub container_port: u16,
 }
 
-/// What the container runs, fixed when it is created.
+/// Container settings, fixed when it is created.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerConfig {
     /// Name, unique among containers.
@@ -63,7 +63,7 @@ pub enum Status {
     Exited,
 }
 
-/// Where the container is, updated by its supervisor.
+/// Container lifecycle state, updated by its supervisor.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerState {
     /// Current status.

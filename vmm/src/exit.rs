@@ -1,11 +1,11 @@
-//! How the VM ends. Any vCPU or device may end it; the first reason wins and wakes the main
+//! The end of a VM. Any vCPU or device may end it. The first reason wins and wakes the main
 //! thread, which then tears the process down.
 
 use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::EventFd;
 
-/// Why the VM stopped.
+/// Reason the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmExit {
     /// The guest asked for a reboot (keyboard-controller reset), the normal way a bulkhead guest

@@ -63,7 +63,7 @@ pub struct Connection {
     pending: Vec<u8>,
     /// The host socket reported data (edge-triggered), and it has not been drained yet.
     pub readable: bool,
-    /// The host socket reached EOF and the guest was told with a SEND shutdown.
+    /// The host socket reached EOF, and a SEND shutdown informed the guest.
     pub host_done_sending: bool,
     /// The guest will send no more; the host socket's write side closes once `pending` drains.
     pub guest_done_sending: bool,
@@ -197,7 +197,7 @@ impl Connection {
         self.fwd_cnt += Wrapping(written as u32);
 
         if self.guest_done_sending && self.pending.is_empty() {
-            // The host peer sees EOF, while its own writes still reach the guest.
+            // The host peer reads EOF, while its own writes still reach the guest.
             let _ = self.stream.shutdown(Shutdown::Write);
         }
         Ok(())

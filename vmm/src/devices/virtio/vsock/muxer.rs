@@ -39,7 +39,7 @@ struct Key {
     peer_port: u32,
 }
 
-/// What a registered file descriptor belongs to.
+/// Owner of a registered file descriptor.
 #[derive(Debug, Clone, Copy)]
 enum FdOwner {
     Listener,
@@ -369,7 +369,7 @@ impl Muxer {
     fn establish(connection: &mut Connection) -> io::Result<()> {
         if !matches!(connection.state, State::HostRequested { .. }) {
             return Err(io::Error::other(
-                "the guest answered a request that was never sent",
+                "the guest responded to a request that was never sent",
             ));
         }
         connection.state = State::Established;
@@ -419,7 +419,7 @@ impl Muxer {
         });
     }
 
-    /// Resets host-initiated requests the guest did not answer in time.
+    /// Resets host-initiated requests that the guest did not accept in time.
     pub fn expire_requests(&mut self, now: Instant) {
         let expired: Vec<Key> = self
             .connections

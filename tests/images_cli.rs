@@ -1,5 +1,8 @@
 //! The image commands through the real binary: load from stdin, images, inspect, rmi, and
 //! the exit status and cause chain of a failure.
+//!
+//! Containers that use an image are written as `run` writes them, without a VM: a directory
+//! `containers/<id>/` with `config.json` and `state.json`.
 
 use std::io::Write;
 use std::path::Path;
@@ -165,4 +168,109 @@ fn failure_exits_125_with_cause_chain() {
     let output = bulkhead(work.path(), &["pull", "Not/A:valid:ref"], None);
     assert_eq!(output.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid reference"));
+}
+
+fn inspect(root: &Path, name: &str) -> serde_json::Value {
+    let output = stdout(&bulkhead(root, &["inspect", name], None));
+    let mut inspected: serde_json::Value = serde_json::from_str(&output).unwrap();
+    inspected[0].take()
+}
+
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Writes the `config.json` and `state.json` of an exited container created from `image`, in
+/// the format of `src/container/state.rs`. Returns the short id.
+fn exited_container(root: &Path, id_seed: u8, image: &serde_json::Value) -> String {
+    let id = format!("{id_seed:02x}").repeat(32);
+    let dir = root.join("containers").join(&id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = serde_json::json!({
+        "name": format!("c{id_seed}"),
+        "image": image["RepoTags"][0],
+        "image_id": image["Id"],
+        "image_disk": image["Disk"],
+        "argv": ["/bin/sh"],
+        "env": [],
+        "working_dir": "",
+        "user": "",
+        "tty": false,
+        "interactive": false,
+        "ports": [],
+        "cpus": 1,
+        "memory_mib": 128,
+        "auto_remove": false,
+        "stop_signal": 15,
+        "created": id_seed,
+    });
+    let state = serde_json::json!({
+        "status": "exited",
+        "supervisor_pid": null,
+        "vmm_pid": null,
+        "started": 1,
+        "finished": 2,
+        "exit_code": 0,
+        "error": null,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    id[..12].to_string()
+}
+
+#[test]
+fn rmi_refuses_image_in_use() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("state");
+    stdout(&bulkhead(
+        &root,
+        &["load"],
+        Some(&busybox_docker_archive(work.path())),
+    ));
+    let image = inspect(&root, "cli/app:v1");
+    let id = image["Id"].as_str().unwrap().to_string();
+    let disk = Path::new(image["Disk"].as_str().unwrap()).to_path_buf();
+    let config_blob = root
+        .join("blobs/sha256")
+        .join(id.strip_prefix("sha256:").unwrap());
+    let short_id = exited_container(&root, 0xab, &image);
+
+    for name in ["cli/app:v1", &id[7..19]] {
+        let output = bulkhead(&root, &["rmi", name], None);
+        assert_eq!(output.status.code(), Some(1), "rmi {name}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            stderr.trim(),
+            format!(
+                "bulkhead: conflict: unable to remove image {name}: container {short_id} is \
+                 using it; remove the container first (bulkhead rm {short_id}) or use rmi -f"
+            )
+        );
+    }
+    assert_eq!(inspect(&root, "cli/app:v1")["Id"], id.as_str());
+
+    let removed = stdout(&bulkhead(&root, &["rmi", "-f", "cli/app:v1"], None));
+    assert!(removed.contains(&format!("Deleted: {id}")), "{removed}");
+    assert_eq!(stdout(&bulkhead(&root, &["images", "-q"], None)), "");
+    assert!(
+        disk.exists(),
+        "the container's disk was removed with the image"
+    );
+    assert_eq!(
+        dir_names(&root.join("blobs/sha256")),
+        [config_blob.file_name().unwrap().to_string_lossy()],
+        "only the container's image config stays"
+    );
+
+    assert_eq!(
+        stdout(&bulkhead(&root, &["rm", &short_id], None)).trim(),
+        short_id
+    );
+    assert_eq!(dir_names(&root.join("rootfs")), Vec::<String>::new());
+    assert_eq!(dir_names(&root.join("blobs/sha256")), Vec::<String>::new());
 }

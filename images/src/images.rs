@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::digest::{chain_id, Digest};
 use crate::oci::{ImageConfig, Manifest};
 use crate::reference::Reference;
-use crate::store::{self, ImageRecord, Ingest, Store};
+use crate::store::{self, ImageRecord, ImageUse, Ingest, Store};
 use crate::{archive, registry, rootfs, unpack};
 
 /// Errors from image operations; each variant wraps the module that failed.
@@ -170,12 +170,25 @@ impl Images {
         Ok(ingest.commit_disk(&disk, &image.record.chain_id)?)
     }
 
-    /// Removes images by name or id, then the blobs and disks no image uses any more.
-    /// Returns the `Untagged:` and `Deleted:` lines.
+    /// Removes an image by name or id, then the blobs and disks no image uses any more.
+    /// Returns the `Untagged:` and `Deleted:` lines. The same as [`Images::remove_used`] with
+    /// no users and no force.
     pub fn remove(&self, name: &str) -> Result<Vec<String>> {
-        let lines = self.store.remove_image(name)?;
-        self.store.gc()?;
+        self.remove_used(name, false, &[])
+    }
+
+    /// Removes an image by name or id unless one of `uses` needs it (see
+    /// [`Store::remove_image`]), then collects garbage, keeping what `uses` need.
+    pub fn remove_used(&self, name: &str, force: bool, uses: &[ImageUse]) -> Result<Vec<String>> {
+        let lines = self.store.remove_image(name, force, uses)?;
+        self.store.gc(uses)?;
         Ok(lines)
+    }
+
+    /// Removes the blobs, disks and stale ingest directories that no image and none of `uses`
+    /// needs. Returns the number of files removed.
+    pub fn collect_garbage(&self, uses: &[ImageUse]) -> Result<usize> {
+        Ok(self.store.gc(uses)?)
     }
 
     /// Pulls an image from its registry.

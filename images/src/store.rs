@@ -13,6 +13,10 @@
 //! or `rootfs/`. Blobs and disks are moved in before the index names them, and [`Store::gc`]
 //! removes what no image names, so a crash between those steps leaves only garbage that the next
 //! `rmi` collects.
+//!
+//! Containers live outside this crate. The caller passes their [`ImageUse`]s to
+//! [`Store::remove_image`] and [`Store::gc`], so an image a container was created from is not
+//! deleted unless forced, and the root disk its VM opens stays until the container is gone.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -63,6 +67,15 @@ pub enum Error {
     /// An id prefix matches several images.
     #[error("image id prefix {0} is ambiguous: it matches several images")]
     Ambiguous(String),
+    /// Removing the image would delete it while a container uses it, and the removal was not
+    /// forced.
+    #[error("image {name} is in use by {user}")]
+    InUse {
+        /// The name or id the caller asked to remove.
+        name: String,
+        /// The first user found, as [`ImageUse::user`] names it.
+        user: String,
+    },
 }
 
 /// Result alias for the store.
@@ -99,6 +112,17 @@ pub struct ImageRecord {
     pub created: Option<String>,
     /// Unix time when the image entered this store.
     pub added: u64,
+}
+
+/// One user of an image outside the store, such as a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageUse {
+    /// Name of the user for messages, e.g. a container's short id.
+    pub user: String,
+    /// Id of the image the user was created from; `None` if its record has no valid id.
+    pub image_id: Option<Digest>,
+    /// The root disk the user opens, normally `rootfs/<chain>.ext4` of this store.
+    pub disk: PathBuf,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -211,7 +235,11 @@ impl Store {
 
     /// Removes one name of an image, or the whole image when `name` is an id or its last tag.
     /// Returns the lines `docker rmi` prints (`Untagged: …`, `Deleted: …`).
-    pub fn remove_image(&self, name: &str) -> Result<Vec<String>> {
+    ///
+    /// Deleting an image that one of `uses` was created from fails with [`Error::InUse`]
+    /// unless `force` is set; removing one of several tags never conflicts. A forced removal
+    /// deletes the index record, and [`Store::gc`] keeps the users' disks and config blobs.
+    pub fn remove_image(&self, name: &str, force: bool, uses: &[ImageUse]) -> Result<Vec<String>> {
         let mut output = Vec::new();
         self.update_index(|index| {
             let found = find_in(&index.images, name)?.clone();
@@ -220,6 +248,17 @@ impl Store {
 
             let tag = name.parse::<Reference>().ok().map(|r| r.to_string());
             let by_tag = tag.as_ref().filter(|tag| found.tags.contains(tag));
+            let untags_only = by_tag.is_some() && found.tags.len() > 1;
+            if !untags_only && !force {
+                let user = uses.iter().find(|u| u.image_id == Some(found.id));
+                if let Some(user) = user {
+                    return Err(Error::InUse {
+                        name: name.to_string(),
+                        user: user.user.clone(),
+                    });
+                }
+            }
+
             let image = &mut index.images[position];
             if let Some(tag) = by_tag {
                 image.tags.retain(|t| t != tag);
@@ -242,9 +281,10 @@ impl Store {
         Ok(output)
     }
 
-    /// Removes blobs, disks and ingest directories that no image and no running operation
-    /// uses. Returns the number of files removed.
-    pub fn gc(&self) -> Result<usize> {
+    /// Removes blobs, disks and ingest directories that no image, no user in `uses` and no
+    /// running operation needs. A user keeps its root disk and the config blob of its image.
+    /// Returns the number of files removed.
+    pub fn gc(&self, uses: &[ImageUse]) -> Result<usize> {
         let _lock = self.lock()?;
         let images = self.read_index()?.images;
 
@@ -260,6 +300,12 @@ impl Store {
                 if let Ok(manifest) = serde_json::from_slice::<crate::oci::Manifest>(&bytes) {
                     blobs.extend(manifest.layers.iter().map(|layer| layer.digest.hex()));
                 }
+            }
+        }
+        for user in uses {
+            blobs.extend(user.image_id.map(|id| id.hex()));
+            if let Some(name) = user.disk.file_name() {
+                disks.insert(name.to_string_lossy().into_owned());
             }
         }
 

@@ -21,9 +21,14 @@ pub struct Args {
 }
 
 pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
-    Ok(control::for_each(&args.containers, |name| {
+    let code = control::for_each(&args.containers, |name| {
         remove_one(global, name, args.force)
-    }))
+    });
+    // Root disks that `rmi -f` left for the removed containers are deleted now.
+    if let Err(error) = super::rmi::collect_garbage(global) {
+        eprintln!("bulkhead: {error:#}");
+    }
+    Ok(code)
 }
 
 fn remove_one(global: &Global, name: &str, force: bool) -> Result<()> {

@@ -4,12 +4,12 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 
-use common::{assert_fsck_clean, debugfs, layer, write_layout, Compress, Entry, Registry};
+use common::proxy::{FaultProxy, Tokens};
+use common::{
+    assert_fsck_clean, debugfs, layer, open_images, store_is_empty, write_layout, Compress, Entry,
+    Registry,
+};
 use images::registry::{self, Options, Silent};
 use images::{Digest, Images, Reference};
 
@@ -20,22 +20,6 @@ fn busybox_layer() -> Vec<u8> {
     file.data = busybox;
     entries.push(file);
     layer(&entries)
-}
-
-fn open_images(root: &Path) -> Images {
-    Images::open(
-        root,
-        Options {
-            auth_file: None,
-            ..Options::default()
-        },
-    )
-    .unwrap()
-}
-
-fn store_is_empty(root: &Path) -> bool {
-    let count = |dir: &str| fs::read_dir(root.join(dir)).map_or(0, |d| d.count());
-    count("blobs/sha256") == 0 && count("rootfs") == 0 && count("tmp") == 0
 }
 
 #[test]
@@ -313,106 +297,16 @@ fn pull_by_wrong_digest_is_rejected() {
     );
 }
 
-/// A front for the registry that demands a Bearer token, issued by its own `/token` endpoint
-/// in the `access_token` field with a short lifetime.
-struct TokenProxy {
-    port: u16,
-    /// Paths with query of the token requests served.
-    token_requests: Arc<Mutex<Vec<String>>>,
-}
-
-const TOKEN: &str = "test-token-1";
-
-impl TokenProxy {
-    fn start(upstream: u16, credentials: Option<&'static str>) -> TokenProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let token_requests = Arc::new(Mutex::new(Vec::new()));
-        let issued = token_requests.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { return };
-                let issued = issued.clone();
-                std::thread::spawn(move || serve(stream, port, upstream, &issued, credentials));
-            }
-        });
-        TokenProxy {
-            port,
-            token_requests,
-        }
-    }
-}
-
-fn serve(
-    mut client: TcpStream,
-    port: u16,
-    upstream: u16,
-    issued: &Mutex<Vec<String>>,
-    credentials: Option<&str>,
-) {
-    let mut reader = BufReader::new(client.try_clone().unwrap());
-    let mut head = Vec::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let end = line == "\r\n";
-        head.push(line);
-        if end {
-            break;
-        }
-    }
-    let request_line = head[0].clone();
-    let path = request_line.split(' ').nth(1).unwrap_or("/").to_string();
-    let header = |name: &str| {
-        head.iter()
-            .find(|l| {
-                l.to_ascii_lowercase()
-                    .starts_with(&format!("{}:", name.to_ascii_lowercase()))
-            })
-            .map(|l| l.split_once(':').unwrap().1.trim().to_string())
-    };
-
-    if path.starts_with("/token") {
-        if let Some(expected) = credentials {
-            use base64::Engine as _;
-            let basic = format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(expected)
-            );
-            if header("Authorization").as_deref() != Some(basic.as_str()) {
-                let _ = client.write_all(
-                    b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-                return;
-            }
-        }
-        issued.lock().unwrap().push(path.clone());
-        let body = format!(r#"{{"access_token":"{TOKEN}","expires_in":300}}"#);
-        let _ = write!(client, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-        return;
-    }
-    if header("Authorization").as_deref() != Some(&format!("Bearer {TOKEN}")) {
-        let challenge =
-            format!(r#"Bearer realm="http://127.0.0.1:{port}/token",service="test-registry""#);
-        let _ = write!(client, "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: {challenge}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        return;
-    }
-
-    let mut server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
-    let mut forwarded = request_line;
-    for line in &head[1..] {
-        let lower = line.to_ascii_lowercase();
-        if !lower.starts_with("connection:") && line != "\r\n" {
-            forwarded.push_str(line);
-        }
-    }
-    forwarded.push_str("Connection: close\r\n\r\n");
-    server.write_all(forwarded.as_bytes()).unwrap();
-    let mut response = Vec::new();
-    let _ = server.read_to_end(&mut response);
-    let _ = client.write_all(&response);
+/// A proxy in front of `registry` whose `/token` endpoint issues long-lived tokens in the
+/// `access_token` field, optionally only for Basic `credentials`.
+fn token_proxy(registry: &Registry, credentials: Option<&'static str>) -> FaultProxy {
+    let proxy = FaultProxy::start(registry.port);
+    proxy.require_tokens(Tokens {
+        expires_in: 300,
+        max_uses: None,
+        credentials,
+    });
+    proxy
 }
 
 #[test]
@@ -425,7 +319,7 @@ fn bearer_token_from_access_token_field() {
         &[(layer(&[Entry::file("f", "tokened")]), Compress::Gzip)],
     );
     registry.push_layout(layout.path(), "v1", "private/app:v1");
-    let proxy = TokenProxy::start(registry.port, None);
+    let proxy = token_proxy(&registry, None);
 
     let state = tempfile::tempdir().unwrap();
     let images = open_images(state.path());
@@ -435,7 +329,7 @@ fn bearer_token_from_access_token_field() {
     let record = images.pull(&reference, &Silent).unwrap();
     assert_eq!(record.id, written.config);
     // One token, scoped to the repository, serves the whole pull.
-    let requests = proxy.token_requests.lock().unwrap().clone();
+    let requests = proxy.token_requests();
     assert_eq!(requests.len(), 1, "{requests:?}");
     assert!(
         requests[0].contains("scope=repository%3Aprivate%2Fapp%3Apull"),
@@ -450,7 +344,7 @@ fn bearer_token_from_access_token_field() {
 #[test]
 fn login_stores_checked_credentials() {
     let registry = Registry::start("");
-    let proxy = TokenProxy::start(registry.port, Some("alice:secret"));
+    let proxy = token_proxy(&registry, Some("alice:secret"));
     let home = tempfile::tempdir().unwrap();
     let auth_file = home.path().join(".docker/config.json");
     let options = Options {

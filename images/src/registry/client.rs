@@ -18,12 +18,16 @@ use crate::oci::{self, Descriptor, Manifest};
 use crate::reference::Reference;
 use crate::store::{self, Ingest};
 
-/// Attempts per request on 5xx answers and connection failures.
+/// Attempts per request on 5xx answers and connection failures. Timeouts are not retried,
+/// because each already waited the full timeout.
 const ATTEMPTS: u32 = 5;
 /// Delay before the first retry; it doubles for each further one.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Lifetime assumed for tokens whose response has no `expires_in` (the distribution spec's default).
 const DEFAULT_TOKEN_SECONDS: u64 = 60;
+/// A token is renewed this long before it expires, or after half its lifetime if that is
+/// shorter, so that a request does not arrive with a token that expired on the way.
+const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(5);
 /// Largest manifest accepted.
 const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 
@@ -32,7 +36,8 @@ enum AuthState {
     Basic,
     Bearer {
         token: String,
-        expires: Instant,
+        /// When [`Client::authorization`] fetches a new token instead of sending this one.
+        renew_at: Instant,
         challenge: Challenge,
     },
 }
@@ -48,6 +53,7 @@ pub struct Client {
     credentials: Option<(String, String)>,
     auth: Mutex<AuthState>,
     max_concurrent: usize,
+    timeout: Duration,
 }
 
 /// Returns whether `host` (with optional port) is a loopback name or address.
@@ -111,6 +117,7 @@ impl Client {
             credentials,
             auth: Mutex::new(AuthState::Anonymous),
             max_concurrent: options.max_concurrent_downloads.max(1),
+            timeout: options.timeout,
         }
     }
 
@@ -225,21 +232,36 @@ impl Client {
                 have = 0;
                 bar.advance(0, true);
             }
-            match copy_hashing(
+            let copied = copy_hashing(
                 response.into_reader(),
                 &mut file,
                 &mut hasher,
                 &mut have,
                 descriptor.size,
                 &*bar,
-            ) {
-                Ok(()) => break,
-                Err(error) if attempt < ATTEMPTS => {
-                    tracing::warn!(blob = %digest, have, attempt, %error, "blob download interrupted, resuming");
-                    std::thread::sleep(FIRST_BACKOFF * 2u32.pow(attempt - 1));
-                }
-                Err(error) => return Err(self.body_error(error)),
+            );
+            let error = match copied {
+                // A body that ends early without an error (a chunked response cut between
+                // chunks) is resumed like a broken connection.
+                Ok(()) if have >= descriptor.size => break,
+                Ok(()) => io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("body ended after {have} of {} bytes", descriptor.size),
+                ),
+                Err(error) => error,
+            };
+            let resumable = attempt < ATTEMPTS
+                && !matches!(
+                    error.kind(),
+                    io::ErrorKind::InvalidData
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::WouldBlock
+                );
+            if !resumable {
+                return Err(self.body_error(error));
             }
+            tracing::warn!(blob = %digest, have, attempt, %error, "blob download interrupted, resuming");
+            std::thread::sleep(FIRST_BACKOFF * 2u32.pow(attempt - 1));
         }
 
         let verify = |source| Error::Verify {
@@ -321,6 +343,14 @@ impl Client {
                     tracing::warn!(url, status, attempt, "registry error, retrying");
                     std::thread::sleep(FIRST_BACKOFF * 2u32.pow(attempt - 1));
                 }
+                ureq::Error::Status(status, _) if status >= 500 => {
+                    return Err(Error::ServerError {
+                        reference: self.reference.clone(),
+                        url: url.to_string(),
+                        status,
+                        attempts: attempt,
+                    })
+                }
                 ureq::Error::Status(status, response) => {
                     let mut body = response.into_string().unwrap_or_default();
                     body.truncate(300);
@@ -337,7 +367,8 @@ impl Client {
                             transport.kind(),
                             ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::Io
                         )
-                        && !is_tls(&transport) =>
+                        && !is_tls(&transport)
+                        && !is_timeout(&transport) =>
                 {
                     tracing::warn!(url, attempt, error = %transport, "connection failed, retrying");
                     std::thread::sleep(FIRST_BACKOFF * 2u32.pow(attempt - 1));
@@ -376,6 +407,7 @@ impl Client {
             Error::Timeout {
                 reference,
                 host,
+                seconds: self.timeout.as_secs(),
                 source,
             }
         } else {
@@ -398,6 +430,7 @@ impl Client {
             Error::Timeout {
                 reference,
                 host,
+                seconds: self.timeout.as_secs(),
                 source: Box::new(error),
             }
         } else {
@@ -417,10 +450,10 @@ impl Client {
             AuthState::Basic => Ok(self.basic()),
             AuthState::Bearer {
                 token,
-                expires,
+                renew_at,
                 challenge,
             } => {
-                if Instant::now() + Duration::from_secs(5) < *expires {
+                if Instant::now() < *renew_at {
                     return Ok(Some(format!("Bearer {token}")));
                 }
                 let challenge = challenge.clone();
@@ -537,7 +570,7 @@ impl Client {
         );
         Ok(AuthState::Bearer {
             token,
-            expires: Instant::now() + lifetime,
+            renew_at: Instant::now() + lifetime - TOKEN_RENEW_MARGIN.min(lifetime / 2),
             challenge,
         })
     }
@@ -546,6 +579,11 @@ impl Client {
 fn is_tls(transport: &ureq::Transport) -> bool {
     let text = transport.to_string().to_ascii_lowercase();
     text.contains("tls") || text.contains("certificate") || text.contains("handshake")
+}
+
+fn is_timeout(transport: &ureq::Transport) -> bool {
+    let text = transport.to_string().to_ascii_lowercase();
+    text.contains("timed out") || text.contains("timeout") || text.contains("would block")
 }
 
 fn restart(file: &mut File) -> io::Result<()> {

@@ -34,6 +34,14 @@ pub enum Error {
     /// 404.
     #[error("{reference}: not found (404): {what}")]
     NotFound { reference: String, what: String },
+    /// 5xx answers to every attempt of a request.
+    #[error("{reference}: registry returned HTTP {status} to all {attempts} attempts at {url}; the registry is failing, try again later")]
+    ServerError {
+        reference: String,
+        url: String,
+        status: u16,
+        attempts: u32,
+    },
     /// Another unexpected HTTP status.
     #[error("{reference}: unexpected HTTP status {status} from {url}: {body}")]
     Status {
@@ -43,7 +51,7 @@ pub enum Error {
         body: String,
     },
     /// The registry host name does not resolve.
-    #[error("{reference}: cannot resolve registry host {host}")]
+    #[error("{reference}: cannot resolve the registry host name {host}; check the name and the DNS configuration")]
     Dns {
         reference: String,
         host: String,
@@ -51,7 +59,9 @@ pub enum Error {
         source: BoxError,
     },
     /// The TLS handshake or certificate check failed.
-    #[error("{reference}: TLS failure talking to {host}; use --insecure-registry {host} only for a registry without TLS")]
+    // NOTE: certificates are checked against the Mozilla roots built into bulkhead
+    // (webpki-roots), not the system's CA store, so a private CA cannot be trusted yet.
+    #[error("{reference}: TLS handshake with {host} failed; the registry needs a certificate from a public CA (bulkhead trusts the Mozilla root list), or use --insecure-registry {host} if it serves plain HTTP")]
     Tls {
         reference: String,
         host: String,
@@ -59,10 +69,11 @@ pub enum Error {
         source: BoxError,
     },
     /// A connect or read timed out.
-    #[error("{reference}: timed out talking to {host}")]
+    #[error("{reference}: timed out after {seconds} s waiting for {host}; check that the registry is up, or raise BULKHEAD_REGISTRY_TIMEOUT (seconds)")]
     Timeout {
         reference: String,
         host: String,
+        seconds: u64,
         #[source]
         source: BoxError,
     },
@@ -154,8 +165,34 @@ pub struct Options {
     pub auth_file: Option<PathBuf>,
     /// Maximum concurrent layer downloads.
     pub max_concurrent_downloads: usize,
-    /// Connect timeout, and the maximum time a read may stall.
+    /// Connect timeout, and the maximum time a read may stall. The default is 30 s, or
+    /// [`TIMEOUT_ENV`] seconds when that is set.
     pub timeout: Duration,
+}
+
+/// Environment variable that sets the default registry timeout, in whole seconds.
+pub const TIMEOUT_ENV: &str = "BULKHEAD_REGISTRY_TIMEOUT";
+
+/// Timeout used when [`TIMEOUT_ENV`] is unset or invalid.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads [`TIMEOUT_ENV`]. An invalid value is logged and replaced by the default.
+fn timeout_from_env() -> Duration {
+    let Ok(value) = std::env::var(TIMEOUT_ENV) else {
+        return DEFAULT_TIMEOUT;
+    };
+    match value.trim().parse::<u64>() {
+        Ok(seconds) if seconds > 0 => Duration::from_secs(seconds),
+        _ => {
+            tracing::warn!(
+                variable = TIMEOUT_ENV,
+                value,
+                default_secs = DEFAULT_TIMEOUT.as_secs(),
+                "invalid registry timeout, expected a positive number of seconds; using the default"
+            );
+            DEFAULT_TIMEOUT
+        }
+    }
 }
 
 impl Default for Options {
@@ -169,7 +206,7 @@ impl Default for Options {
             },
             auth_file: auth::default_auth_file(),
             max_concurrent_downloads: 3,
-            timeout: Duration::from_secs(30),
+            timeout: timeout_from_env(),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! local docker-registry.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use images::digest::Digest;
+use images::registry::Options;
+use images::Images;
 use tar::{EntryType, Header};
 
 /// One hand-made tar entry.
@@ -375,4 +379,22 @@ pub fn free_port() -> u16 {
 /// Returns the blob path of `digest` inside an OCI layout.
 pub fn layout_blob(dir: &Path, digest: &Digest) -> PathBuf {
     dir.join("blobs/sha256").join(digest.hex())
+}
+
+/// Opens an image store at `root` that reads no credentials file.
+pub fn open_images(root: &Path) -> Images {
+    Images::open(
+        root,
+        Options {
+            auth_file: None,
+            ..Options::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Returns whether the store at `root` has no blob, no disk and no ingest directory.
+pub fn store_is_empty(root: &Path) -> bool {
+    let count = |dir: &str| std::fs::read_dir(root.join(dir)).map_or(0, |d| d.count());
+    count("blobs/sha256") == 0 && count("rootfs") == 0 && count("tmp") == 0
 }

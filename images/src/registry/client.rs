@@ -56,9 +56,9 @@ pub struct Client {
     timeout: Duration,
 }
 
-/// Returns whether `host` (with optional port) is a loopback name or address.
-fn is_loopback(host: &str) -> bool {
-    let name = if let Some(bracketed) = host.strip_prefix('[') {
+/// Returns the name or address of `host`, without the port and the brackets of IPv6.
+fn host_name(host: &str) -> &str {
+    if let Some(bracketed) = host.strip_prefix('[') {
         bracketed.split(']').next().unwrap_or("")
     } else {
         host.rsplit_once(':').map_or(host, |(name, port)| {
@@ -68,7 +68,12 @@ fn is_loopback(host: &str) -> bool {
                 host
             }
         })
-    };
+    }
+}
+
+/// Returns whether `host` (with optional port) is a loopback name or address.
+fn is_loopback(host: &str) -> bool {
+    let name = host_name(host);
     name == "localhost"
         || name
             .parse::<std::net::IpAddr>()
@@ -368,7 +373,8 @@ impl Client {
                             ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::Io
                         )
                         && !is_tls(&transport)
-                        && !is_timeout(&transport) =>
+                        && !is_timeout(&transport)
+                        && !(is_loopback(&self.host) && is_refused(&transport)) =>
                 {
                     tracing::warn!(url, attempt, error = %transport, "connection failed, retrying");
                     std::thread::sleep(FIRST_BACKOFF * 2u32.pow(attempt - 1));
@@ -390,7 +396,7 @@ impl Client {
         if kind == Some(ureq::ErrorKind::Dns) {
             Error::Dns {
                 reference,
-                host,
+                host: host_name(&host).to_string(),
                 source,
             }
         } else if text.contains("tls") || text.contains("certificate") || text.contains("handshake")
@@ -576,6 +582,21 @@ impl Client {
     }
 }
 
+/// Whether the connection was refused. On a loopback registry that means nothing listens on
+/// the port, which a retry does not change.
+fn is_refused(transport: &ureq::Transport) -> bool {
+    let mut source = std::error::Error::source(transport);
+    while let Some(error) = source {
+        if let Some(io_error) = error.downcast_ref::<io::Error>() {
+            if io_error.kind() == io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = error.source();
+    }
+    false
+}
+
 fn is_tls(transport: &ureq::Transport) -> bool {
     let text = transport.to_string().to_ascii_lowercase();
     text.contains("tls") || text.contains("certificate") || text.contains("handshake")
@@ -625,7 +646,30 @@ fn copy_hashing(
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback;
+    use super::*;
+
+    #[test]
+    fn refused_loopback_fails_without_retry() {
+        // A port that was just free: nothing listens there, so connections are refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let reference: Reference = format!("127.0.0.1:{port}/nothing:latest").parse().unwrap();
+        let options = Options {
+            auth_file: None,
+            ..Options::default()
+        };
+        let client = Client::new(&reference, &options).unwrap();
+
+        let started = Instant::now();
+        let error = client.ping().unwrap_err();
+
+        assert!(matches!(error, Error::Connection { .. }), "{error:?}");
+        // A retry would first sleep FIRST_BACKOFF.
+        assert!(started.elapsed() < FIRST_BACKOFF, "{:?}", started.elapsed());
+    }
 
     #[test]
     fn loopback_hosts() {

@@ -54,6 +54,7 @@ pub enum Error {
     #[error("{reference}: cannot resolve the registry host name {host}; check the name and the DNS configuration")]
     Dns {
         reference: String,
+        /// The name without the port.
         host: String,
         #[source]
         source: BoxError,

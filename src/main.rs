@@ -64,6 +64,8 @@ enum Command {
     Images(commands::images::Args),
     /// Remove images.
     Rmi(commands::rmi::Args),
+    /// Give an image another name.
+    Tag(commands::tag::Args),
     /// Show the config, layers and size of images as JSON.
     Inspect(commands::inspect::Args),
     /// Store credentials for a registry.
@@ -106,6 +108,7 @@ fn main() -> ExitCode {
         Command::Load(args) => commands::load::run(&global, args),
         Command::Images(args) => commands::images::run(&global, args),
         Command::Rmi(args) => commands::rmi::run(&global, args),
+        Command::Tag(args) => commands::tag::run(&global, args),
         Command::Inspect(args) => commands::inspect::run(&global, args),
         Command::Login(args) => commands::login::run(&global, args),
         Command::Logout(args) => commands::logout::run(&global, args),

@@ -5,7 +5,7 @@
 //! `containers/<id>/` with `config.json` and `state.json`.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn bulkhead(root: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
@@ -43,8 +43,9 @@ fn run(command: &mut Command) {
     );
 }
 
-/// Builds a busybox image with umoci and writes it as a `docker save` archive with skopeo.
-fn busybox_docker_archive(dir: &Path) -> Vec<u8> {
+/// Builds a busybox image with umoci in the OCI layout `dir/layout`, whose index names it only
+/// by the tag `v1`. Returns the layout path.
+fn busybox_layout(dir: &Path) -> PathBuf {
     let layout = dir.join("layout");
     let image = format!("{}:v1", layout.display());
     run(Command::new("umoci")
@@ -70,6 +71,13 @@ fn busybox_docker_archive(dir: &Path) -> Vec<u8> {
         "--config.env",
         "GREETING=hi",
     ]));
+    layout
+}
+
+/// Builds the busybox image of [`busybox_layout`] and writes it as a `docker save` archive
+/// with skopeo.
+fn busybox_docker_archive(dir: &Path) -> Vec<u8> {
+    let image = format!("{}:v1", busybox_layout(dir).display());
     let archive = dir.join("archive.tar");
     run(Command::new("skopeo")
         .arg("copy")
@@ -273,4 +281,72 @@ fn rmi_refuses_image_in_use() {
     );
     assert_eq!(dir_names(&root.join("rootfs")), Vec::<String>::new());
     assert_eq!(dir_names(&root.join("blobs/sha256")), Vec::<String>::new());
+}
+
+#[test]
+fn load_tag_only_layout_then_tag() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("state");
+    let layout = busybox_layout(work.path());
+
+    let output = bulkhead(&root, &["load", "-i", layout.to_str().unwrap()], None);
+    let loaded = stdout(&output);
+    let id = loaded
+        .trim()
+        .strip_prefix("Loaded image ID: sha256:")
+        .unwrap_or_else(|| panic!("{loaded}"));
+    let short_id = &id[..12];
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("only by the tag \"v1\""), "{stderr}");
+    assert!(
+        stderr.contains(&format!("bulkhead tag {short_id} NAME:v1")),
+        "{stderr}"
+    );
+    let listing = stdout(&bulkhead(&root, &["images"], None));
+    assert!(
+        listing.lines().nth(1).unwrap().starts_with("<none>"),
+        "{listing}"
+    );
+
+    assert_eq!(
+        stdout(&bulkhead(&root, &["tag", short_id, "cli/named:v1"], None)),
+        ""
+    );
+    assert_eq!(
+        stdout(&bulkhead(&root, &["tag", "cli/named:v1", "other"], None)),
+        ""
+    );
+    let image = inspect(&root, "other:latest");
+    assert_eq!(image["Id"], format!("sha256:{id}"));
+    assert_eq!(
+        image["RepoTags"],
+        serde_json::json!(["docker.io/cli/named:v1", "docker.io/library/other:latest"])
+    );
+
+    // Removing one of two tags deletes nothing, so a container using the image is no conflict.
+    exited_container(&root, 0xcd, &image);
+    assert_eq!(
+        stdout(&bulkhead(&root, &["rmi", "other"], None)).trim(),
+        "Untagged: docker.io/library/other:latest"
+    );
+    assert_eq!(
+        inspect(&root, short_id)["RepoTags"],
+        serde_json::json!(["docker.io/cli/named:v1"])
+    );
+
+    let digest_target = format!("cli/named@sha256:{id}");
+    let failures = [
+        (
+            ["tag", short_id, &digest_target],
+            "a digest reference cannot be a tag",
+        ),
+        (["tag", "nosuch", "cli/x:1"], "no such image: nosuch"),
+        (["tag", short_id, "Bad:Name"], "invalid reference"),
+    ];
+    for (args, message) in failures {
+        let output = bulkhead(&root, &args, None);
+        assert_eq!(output.status.code(), Some(125), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
 }

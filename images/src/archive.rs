@@ -60,8 +60,19 @@ pub enum Source {
     Stream(Box<dyn Read>),
 }
 
-/// Imports every image of the archive. Returns the stored records.
-pub fn load(images: &Images, source: Source) -> crate::Result<Vec<ImageRecord>> {
+/// An image that [`load`] stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadedImage {
+    /// The index record.
+    pub record: ImageRecord,
+    /// The OCI layout's `org.opencontainers.image.ref.name` when it is only a tag (`latest`),
+    /// as `skopeo copy … oci:DIR:TAG` and umoci write it, and no `io.containerd.image.name`
+    /// gives the full name. A tag names no repository, so the image was stored untagged.
+    pub tag_only_ref_name: Option<String>,
+}
+
+/// Imports every image of the archive. Returns the stored images in archive order.
+pub fn load(images: &Images, source: Source) -> crate::Result<Vec<LoadedImage>> {
     let ingest = images.store().ingest()?;
     let contents = match source {
         Source::Path(path) if path.is_dir() => read_layout_dir(&ingest, &path)?,
@@ -80,11 +91,22 @@ pub fn load(images: &Images, source: Source) -> crate::Result<Vec<ImageRecord>> 
         return Err(Error::Format.into());
     };
 
-    let mut records = Vec::new();
-    for (manifest, tags) in imports {
-        records.push(images.commit_import(&ingest, manifest, tags, Vec::new())?);
+    let mut loaded = Vec::new();
+    for import in imports {
+        let record = images.commit_import(&ingest, import.manifest, import.tags, Vec::new())?;
+        loaded.push(LoadedImage {
+            record,
+            tag_only_ref_name: import.tag_only_ref_name,
+        });
     }
-    Ok(records)
+    Ok(loaded)
+}
+
+/// One image of an archive, ready to commit.
+struct Import {
+    manifest: Digest,
+    tags: Vec<String>,
+    tag_only_ref_name: Option<String>,
 }
 
 /// What a pass over a tar left: small files by name, blob-like files by digest.
@@ -232,7 +254,7 @@ fn docker_save_manifests(
     ingest: &Ingest,
     contents: &Contents,
     bytes: &[u8],
-) -> Result<Vec<(Digest, Vec<String>)>> {
+) -> Result<Vec<Import>> {
     let entries: Vec<SaveEntry> =
         serde_json::from_slice(bytes).map_err(|e| Error::Json("manifest.json".into(), e))?;
     let mut imports = Vec::new();
@@ -288,7 +310,11 @@ fn docker_save_manifests(
             .filter_map(|tag| tag.parse::<Reference>().ok())
             .map(|r| r.to_string())
             .collect();
-        imports.push((manifest_digest, tags));
+        imports.push(Import {
+            manifest: manifest_digest,
+            tags,
+            tag_only_ref_name: None,
+        });
     }
     Ok(imports)
 }
@@ -301,20 +327,23 @@ fn blob_size(ingest: &Ingest, digest: &Digest) -> Result<u64> {
 
 /// Resolves the entries of an OCI `index.json` to image manifests, descending into nested
 /// indexes for `platform`. Returns each manifest digest with its tags.
-fn oci_layout_manifests(
-    ingest: &Ingest,
-    bytes: &[u8],
-    platform: &Platform,
-) -> Result<Vec<(Digest, Vec<String>)>> {
+///
+/// An entry is named by its `io.containerd.image.name` annotation (Docker and containerd write
+/// it) or else by an `org.opencontainers.image.ref.name` that is a full reference. A ref.name
+/// that is only a tag stays unused, as Docker leaves it: guessing a repository (podman's
+/// `localhost/…`) would invent a name that no registry serves.
+fn oci_layout_manifests(ingest: &Ingest, bytes: &[u8], platform: &Platform) -> Result<Vec<Import>> {
     let index: Index =
         serde_json::from_slice(bytes).map_err(|e| Error::Json("index.json".into(), e))?;
     let mut imports = Vec::new();
     for descriptor in &index.manifests {
-        let name = descriptor
-            .annotations
-            .get(ANNOTATION_IMAGE_NAME)
-            .or_else(|| descriptor.annotations.get(ANNOTATION_REF_NAME))
-            .filter(|name| name.contains('/') || name.contains(':'))
+        let image_name = descriptor.annotations.get(ANNOTATION_IMAGE_NAME);
+        let ref_name = descriptor.annotations.get(ANNOTATION_REF_NAME);
+        let tag_only_ref_name = ref_name
+            .filter(|name| image_name.is_none() && crate::reference::valid_tag(name))
+            .cloned();
+        let name = image_name
+            .or_else(|| ref_name.filter(|_| tag_only_ref_name.is_none()))
             .and_then(|name| name.parse::<Reference>().ok());
         let tags: Vec<String> = name
             .iter()
@@ -337,7 +366,11 @@ fn oci_layout_manifests(
         } else {
             descriptor.digest
         };
-        imports.push((manifest, tags));
+        imports.push(Import {
+            manifest,
+            tags,
+            tag_only_ref_name,
+        });
     }
     Ok(imports)
 }

@@ -191,6 +191,11 @@ impl Images {
         Ok(self.store.gc(uses)?)
     }
 
+    /// Adds the tag `target` to the image `source` names; see [`Store::tag`].
+    pub fn tag(&self, source: &str, target: &Reference) -> Result<()> {
+        Ok(self.store.tag(source, target)?)
+    }
+
     /// Pulls an image from its registry.
     pub fn pull(
         &self,
@@ -201,7 +206,7 @@ impl Images {
     }
 
     /// Loads the images of a `docker save` tarball or OCI layout (directory, tar or stdin).
-    pub fn load(&self, source: archive::Source) -> Result<Vec<ImageRecord>> {
+    pub fn load(&self, source: archive::Source) -> Result<Vec<archive::LoadedImage>> {
         archive::load(self, source)
     }
 

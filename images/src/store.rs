@@ -67,6 +67,9 @@ pub enum Error {
     /// An id prefix matches several images.
     #[error("image id prefix {0} is ambiguous: it matches several images")]
     Ambiguous(String),
+    /// A tag target carries a digest, which only a registry can assign.
+    #[error("invalid tag target {0}: a digest reference cannot be a tag")]
+    TagWithDigest(String),
     /// Removing the image would delete it while a container uses it, and the removal was not
     /// forced.
     #[error("image {name} is in use by {user}")]
@@ -119,7 +122,7 @@ pub struct ImageRecord {
 pub struct ImageUse {
     /// Name of the user for messages, e.g. a container's short id.
     pub user: String,
-    /// Id of the image the user was created from; `None` if its record has no valid id.
+    /// Id of the image the user was created from, or `None` when its record has no valid id.
     pub image_id: Option<Digest>,
     /// The root disk the user opens, normally `rootfs/<chain>.ext4` of this store.
     pub disk: PathBuf,
@@ -233,11 +236,34 @@ impl Store {
         })
     }
 
+    /// Adds the tag `target` to the image that `source` names (a reference, id or id prefix),
+    /// as `docker tag` does. The tag moves from any image that had it, which may leave that
+    /// image untagged. The index is rewritten atomically under the lock.
+    pub fn tag(&self, source: &str, target: &Reference) -> Result<()> {
+        if target.digest.is_some() {
+            return Err(Error::TagWithDigest(target.to_string()));
+        }
+        let target = target.to_string();
+        self.update_index(|index| {
+            let id = find_in(&index.images, source)?.id;
+            for image in &mut index.images {
+                if image.id == id {
+                    if !image.tags.contains(&target) {
+                        image.tags.push(target.clone());
+                    }
+                } else {
+                    image.tags.retain(|t| *t != target);
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Removes one name of an image, or the whole image when `name` is an id or its last tag.
     /// Returns the lines `docker rmi` prints (`Untagged: …`, `Deleted: …`).
     ///
     /// Deleting an image that one of `uses` was created from fails with [`Error::InUse`]
-    /// unless `force` is set; removing one of several tags never conflicts. A forced removal
+    /// unless `force` is set. Removing one of several tags never conflicts. A forced removal
     /// deletes the index record, and [`Store::gc`] keeps the users' disks and config blobs.
     pub fn remove_image(&self, name: &str, force: bool, uses: &[ImageUse]) -> Result<Vec<String>> {
         let mut output = Vec::new();
@@ -666,4 +692,131 @@ pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seed: &str, tags: &[&str]) -> ImageRecord {
+        ImageRecord {
+            id: Digest::of(seed.as_bytes()),
+            manifest: Digest::of(format!("manifest {seed}").as_bytes()),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            repo_digests: Vec::new(),
+            chain_id: Digest::of(format!("chain {seed}").as_bytes()),
+            size: 0,
+            created: None,
+            added: 0,
+        }
+    }
+
+    fn store_with(records: &[ImageRecord]) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for record in records {
+            store.add_image(record.clone(), || Ok(())).unwrap();
+        }
+        (dir, store)
+    }
+
+    fn tags_of(store: &Store, id: &Digest) -> Vec<String> {
+        let images = store.images().unwrap();
+        images.iter().find(|i| i.id == *id).unwrap().tags.clone()
+    }
+
+    #[test]
+    fn tag_moves_from_other_image() {
+        let a = record("a", &["docker.io/library/a:1"]);
+        let b = record("b", &["docker.io/library/b:1"]);
+        let (_dir, store) = store_with(&[a.clone(), b.clone()]);
+
+        store.tag("a:1", &"b:1".parse().unwrap()).unwrap();
+        assert_eq!(
+            tags_of(&store, &a.id),
+            ["docker.io/library/a:1", "docker.io/library/b:1"]
+        );
+        assert!(tags_of(&store, &b.id).is_empty());
+
+        // Tagging again with a tag the image has changes nothing.
+        store
+            .tag(&a.id.to_string(), &"a:1".parse().unwrap())
+            .unwrap();
+        assert_eq!(tags_of(&store, &a.id).len(), 2);
+    }
+
+    #[test]
+    fn tag_rejects_digest_target() {
+        let a = record("a", &["docker.io/library/a:1"]);
+        let (_dir, store) = store_with(std::slice::from_ref(&a));
+        let target = format!("a@{}", a.manifest).parse().unwrap();
+        let error = store.tag("a:1", &target).unwrap_err();
+        assert!(matches!(error, Error::TagWithDigest(_)), "{error:?}");
+    }
+
+    #[test]
+    fn remove_respects_uses() {
+        let tags = ["docker.io/library/a:1", "docker.io/library/a:2"];
+        // (name, force, expected removed lines or None for a conflict)
+        let cases: [(&str, bool, Option<usize>); 4] = [
+            ("a:1", false, Some(1)),
+            ("a:1", true, Some(1)),
+            ("sha256:", false, None),
+            ("sha256:", true, Some(3)),
+        ];
+        for (i, (name, force, lines)) in cases.into_iter().enumerate() {
+            let a = record("a", &tags);
+            let (_dir, store) = store_with(std::slice::from_ref(&a));
+            let name = if name == "sha256:" {
+                a.id.to_string()
+            } else {
+                name.to_string()
+            };
+            let uses = [ImageUse {
+                user: "c1".into(),
+                image_id: Some(a.id),
+                disk: store.disk_path(&a.chain_id),
+            }];
+
+            let result = store.remove_image(&name, force, &uses);
+            match lines {
+                Some(count) => assert_eq!(result.unwrap().len(), count, "case {i}"),
+                None => {
+                    let error = result.unwrap_err();
+                    assert!(
+                        matches!(&error, Error::InUse { user, .. } if user == "c1"),
+                        "case {i}: {error:?}"
+                    );
+                    assert_eq!(tags_of(&store, &a.id), tags, "case {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gc_keeps_what_users_need() {
+        let (dir, store) = store_with(&[]);
+        let id = Digest::of(b"config");
+        let disk = store.disk_path(&Digest::of(b"chain"));
+        let other_disk = store.disk_path(&Digest::of(b"other chain"));
+        for path in [store.blob_path(&id), disk.clone(), other_disk.clone()] {
+            fs::write(&path, b"x").unwrap();
+        }
+        let uses = [ImageUse {
+            user: "c1".into(),
+            image_id: Some(id),
+            disk: disk.clone(),
+        }];
+
+        assert_eq!(store.gc(&uses).unwrap(), 1);
+        assert!(store.blob_path(&id).exists());
+        assert!(disk.exists());
+        assert!(!other_disk.exists());
+
+        assert_eq!(store.gc(&[]).unwrap(), 2);
+        assert!(fs::read_dir(dir.path().join("rootfs"))
+            .unwrap()
+            .next()
+            .is_none());
+    }
 }

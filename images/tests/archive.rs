@@ -98,16 +98,16 @@ fn docker_save_with_two_images() {
         .load(Source::Stream(Box::new(std::io::Cursor::new(archive))))
         .unwrap();
     assert_eq!(records.len(), 2);
-    assert_eq!(records[0].id, first_id);
+    assert_eq!(records[0].record.id, first_id);
     assert_eq!(
-        records[0].tags,
+        records[0].record.tags,
         vec![
             "docker.io/library/app:v1".to_string(),
             "example.com/team/app:latest".to_string()
         ]
     );
-    assert_eq!(records[1].id, second_id);
-    assert!(records[1].tags.is_empty());
+    assert_eq!(records[1].record.id, second_id);
+    assert!(records[1].record.tags.is_empty());
 
     let first = images.get("app:v1").unwrap();
     let disk = images.disk(&first).unwrap();
@@ -147,8 +147,11 @@ fn oci_layout_directory_and_tar() {
         .load(Source::Path(layout.path().to_path_buf()))
         .unwrap();
     assert_eq!(records.len(), 1);
-    assert_eq!(records[0].id, written.config);
-    assert_eq!(records[0].tags, vec!["example.com/oci/app:2".to_string()]);
+    assert_eq!(records[0].record.id, written.config);
+    assert_eq!(
+        records[0].record.tags,
+        vec!["example.com/oci/app:2".to_string()]
+    );
     let disk = images
         .disk(&images.get("example.com/oci/app:2").unwrap())
         .unwrap();
@@ -163,7 +166,7 @@ fn oci_layout_directory_and_tar() {
     let records = open_images(other.path())
         .load(Source::Path(tar_path.clone()))
         .unwrap();
-    assert_eq!(records[0].id, written.config);
+    assert_eq!(records[0].record.id, written.config);
     fs::remove_file(tar_path).unwrap();
 }
 
@@ -211,4 +214,65 @@ fn not_an_archive_is_rejected() {
         error.to_string().contains("no manifest.json or index.json"),
         "{error}"
     );
+}
+
+/// Sets the annotations of the only entry of a layout's `index.json`.
+fn set_index_annotations(layout: &Path, annotations: serde_json::Value) {
+    let path = layout.join("index.json");
+    let mut index: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    index["manifests"][0]["annotations"] = annotations;
+    fs::write(&path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+#[test]
+fn oci_layout_names() {
+    let ref_name = "org.opencontainers.image.ref.name";
+    let image_name = "io.containerd.image.name";
+    // (annotations, expected tags, expected tag-only ref.name)
+    let cases = [
+        (
+            serde_json::json!({ref_name: "example.com/a/b:v2"}),
+            vec!["example.com/a/b:v2"],
+            None,
+        ),
+        (
+            serde_json::json!({ref_name: "latest"}),
+            vec![],
+            Some("latest"),
+        ),
+        (
+            serde_json::json!({ref_name: "v1.0-rc"}),
+            vec![],
+            Some("v1.0-rc"),
+        ),
+        (
+            serde_json::json!({ref_name: "latest", image_name: "docker.io/library/app:3"}),
+            vec!["docker.io/library/app:3"],
+            None,
+        ),
+        (
+            serde_json::json!({image_name: "example.com/c:1"}),
+            vec!["example.com/c:1"],
+            None,
+        ),
+        (serde_json::json!({ref_name: "not a name"}), vec![], None),
+        (serde_json::json!({}), vec![], None),
+    ];
+    for (i, (annotations, tags, tag_only)) in cases.into_iter().enumerate() {
+        let layout = tempfile::tempdir().unwrap();
+        write_layout(
+            layout.path(),
+            "unused",
+            &[(layer(&[Entry::file("f", "x")]), Compress::None)],
+        );
+        set_index_annotations(layout.path(), annotations);
+
+        let state = tempfile::tempdir().unwrap();
+        let loaded = open_images(state.path())
+            .load(Source::Path(layout.path().to_path_buf()))
+            .unwrap();
+        assert_eq!(loaded.len(), 1, "case {i}");
+        assert_eq!(loaded[0].record.tags, tags, "case {i}");
+        assert_eq!(loaded[0].tag_only_ref_name.as_deref(), tag_only, "case {i}");
+    }
 }

@@ -31,21 +31,34 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             "stdin".to_string(),
         ),
     };
-    let records = images
+    let loaded = images
         .load(source)
         .with_context(|| format!("failed to load images from {what}"))?;
     if !args.quiet {
-        for record in records {
-            if record.tags.is_empty() {
-                println!("Loaded image ID: {}", record.id);
-            }
-            for tag in &record.tags {
-                let familiar = tag.parse::<::images::Reference>().map_or(tag.clone(), |r| {
-                    format!("{}:{}", r.familiar_name(), r.tag.unwrap_or_default())
-                });
-                println!("Loaded image: {familiar}");
-            }
+        for image in loaded {
+            print_loaded(&image);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the lines `docker load` prints, plus how to name an image that the archive named only
+/// by a tag.
+fn print_loaded(image: &::images::archive::LoadedImage) {
+    let record = &image.record;
+    if record.tags.is_empty() {
+        println!("Loaded image ID: {}", record.id);
+    }
+    for tag in &record.tags {
+        let familiar = tag.parse::<::images::Reference>().map_or(tag.clone(), |r| {
+            format!("{}:{}", r.familiar_name(), r.tag.unwrap_or_default())
+        });
+        println!("Loaded image: {familiar}");
+    }
+    if let (Some(tag), true) = (&image.tag_only_ref_name, record.tags.is_empty()) {
+        let short_id = &record.id.hex()[..12];
+        eprintln!(
+            "bulkhead: the OCI layout names image {short_id} only by the tag {tag:?}, which              has no repository, so it was loaded untagged; name it with:              bulkhead tag {short_id} NAME:{tag}"
+        );
+    }
 }

@@ -17,6 +17,7 @@ pub mod rmi;
 pub mod run;
 pub mod stop;
 pub mod supervise;
+pub mod tag;
 
 use std::path::{Path, PathBuf};
 

@@ -388,9 +388,9 @@ impl Client {
     fn transport(&self, error: ureq::Error) -> Error {
         let reference = self.reference.clone();
         let host = self.host.clone();
-        let (kind, text) = match &error {
-            ureq::Error::Transport(t) => (Some(t.kind()), t.to_string().to_ascii_lowercase()),
-            ureq::Error::Status(..) => (None, String::new()),
+        let (kind, tls, timeout) = match &error {
+            ureq::Error::Transport(t) => (Some(t.kind()), is_tls(t), is_timeout(t)),
+            ureq::Error::Status(..) => (None, false, false),
         };
         let source: super::BoxError = Box::new(error);
         if kind == Some(ureq::ErrorKind::Dns) {
@@ -399,17 +399,13 @@ impl Client {
                 host: host_name(&host).to_string(),
                 source,
             }
-        } else if text.contains("tls") || text.contains("certificate") || text.contains("handshake")
-        {
+        } else if tls {
             Error::Tls {
                 reference,
                 host,
                 source,
             }
-        } else if text.contains("timed out")
-            || text.contains("timeout")
-            || text.contains("would block")
-        {
+        } else if timeout {
             Error::Timeout {
                 reference,
                 host,
@@ -597,6 +593,8 @@ fn is_refused(transport: &ureq::Transport) -> bool {
     false
 }
 
+// ureq 2 reports TLS failures and timeouts with kind `Io` or `ConnectionFailed`, so these two
+// recognise them by the error's text, which includes the text of its cause.
 fn is_tls(transport: &ureq::Transport) -> bool {
     let text = transport.to_string().to_ascii_lowercase();
     text.contains("tls") || text.contains("certificate") || text.contains("handshake")

@@ -276,3 +276,40 @@ fn oci_layout_names() {
         assert_eq!(loaded[0].tag_only_ref_name.as_deref(), tag_only, "case {i}");
     }
 }
+
+fn run(command: &mut std::process::Command) {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// umoci 0.4.7 `insert` writes layers that end right after the last file's data, with neither
+/// padding nor the two zero blocks.
+#[test]
+fn umoci_insert_layer_loads() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    let image = format!("{}:v1", layout.display());
+    let file = work.path().join("greeting");
+    fs::write(&file, "hello\n").unwrap();
+    run(std::process::Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    run(std::process::Command::new("umoci").args(["new", "--image", &image]));
+    run(std::process::Command::new("umoci")
+        .args(["insert", "--image", &image])
+        .arg(&file)
+        .arg("/greeting"));
+
+    let state = tempfile::tempdir().unwrap();
+    let images = open_images(state.path());
+    let loaded = images.load(Source::Path(layout.clone())).unwrap();
+    assert_eq!(loaded.len(), 1);
+    let image = images.get(&loaded[0].record.id.to_string()).unwrap();
+    let disk = images.disk(&image).unwrap();
+    assert_fsck_clean(&disk);
+    assert_eq!(debugfs(&disk, "cat /greeting"), "hello\n");
+}

@@ -332,6 +332,51 @@ fn diff_id_mismatch_is_an_error() {
 }
 
 #[test]
+fn layer_stream_ends() {
+    let big = "b".repeat(600);
+    let tar = layer(&[Entry::file("a", "hello\n"), Entry::file("b", &big)]);
+    // Offsets in `tar`: header a at 0, data a at 512..518, header b at 1024, data b at
+    // 1536..2136, padding to 2560, then two zero blocks to 3584.
+    assert_eq!(tar.len(), 3584);
+    assert_eq!(&tar[512..518], b"hello\n");
+    assert_eq!(&tar[1536..2136], big.as_bytes());
+
+    // (length the stream is cut to, files expected, or None for an error)
+    let cases: [(usize, Option<&[&str]>); 11] = [
+        (3584, Some(&["a", "b"])),
+        (3072, Some(&["a", "b"])), // one zero block
+        (2560, Some(&["a", "b"])), // no zero block
+        (2136, Some(&["a", "b"])), // no padding either, as umoci 0.4.7 insert writes
+        (2300, Some(&["a", "b"])), // part of the padding
+        (1024, Some(&["a"])),
+        (518, Some(&["a"])),
+        (0, Some(&[])),
+        (1124, None), // inside header b
+        (1546, None), // inside data b
+        (515, None),  // inside data a
+    ];
+    for (i, (length, files)) in cases.into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        unpack::create_root(&root).unwrap();
+        let stream = &tar[..length];
+        let result = apply_layer(&root, stream, Some(&Digest::of(stream)));
+        match files {
+            Some(files) => {
+                let stats = result.unwrap_or_else(|e| panic!("case {i} ({length}): {e:?}"));
+                assert_eq!(stats.entries, files.len() as u64, "case {i}");
+                assert_eq!(stats.diff_id, Digest::of(stream), "case {i}");
+                for name in files {
+                    let expected = if *name == "a" { "hello\n" } else { &big };
+                    assert_eq!(read(&root, name), expected, "case {i}");
+                }
+            }
+            None => assert!(result.is_err(), "case {i} ({length}): {result:?}"),
+        }
+    }
+}
+
+#[test]
 fn compressed_and_empty_layers() {
     let tar = layer(&[Entry::file("f", "content")]);
     let empty = layer(&[]);

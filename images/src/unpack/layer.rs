@@ -1,5 +1,6 @@
 //! Application of the entries of one layer tar.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read};
@@ -59,13 +60,80 @@ pub(super) fn apply(root: &Path, reader: &mut dyn Read) -> Result<LayerStats> {
         stats: LayerStats::default(),
     };
 
-    let mut archive = tar::Archive::new(reader);
+    let data_end = Cell::new(0);
+    let mut stream = CompleteEnd::new(reader, &data_end);
+    let mut archive = tar::Archive::new(&mut stream as &mut dyn Read);
     for entry in archive.entries().map_err(Error::Read)? {
         let mut entry = entry.map_err(Error::Read)?;
+        data_end.set(entry.raw_file_position() + entry.size());
         applier.entry(&mut entry)?;
     }
     applier.finish_dir_times()?;
     Ok(applier.stats)
+}
+
+/// Size of a tar block: headers and the padding of file data are whole blocks.
+const BLOCK_SIZE: u64 = 512;
+
+/// A tar stream that tolerates a missing end as Go's `archive/tar` (and so Docker and
+/// containerd) does. When the stream ends after the complete data of its last entry, this
+/// reader supplies the zero padding of that entry and one zero block, so the tar reader sees a
+/// proper end of archive. umoci 0.4.7 `insert` writes layers that end this way, with neither
+/// padding nor end blocks.
+///
+/// A stream that ends at a header boundary needs nothing: the tar reader takes that as the end.
+/// A stream cut inside a header or inside file data gets no zeros, so the tar reader still fails.
+/// The zeros are added after the diff id hash, which covers only the bytes of the blob.
+struct CompleteEnd<'a, R> {
+    inner: R,
+    /// Bytes read from `inner`.
+    position: u64,
+    /// Stream offset of the end of the current entry's data, set by the caller for each entry.
+    data_end: &'a Cell<u64>,
+    /// Zero bytes still to supply, once `inner` ended inside an entry's padding.
+    zeros: Option<u64>,
+}
+
+impl<'a, R: Read> CompleteEnd<'a, R> {
+    fn new(inner: R, data_end: &'a Cell<u64>) -> Self {
+        CompleteEnd {
+            inner,
+            position: 0,
+            data_end,
+            zeros: None,
+        }
+    }
+
+    /// Returns how many zeros complete the stream when `inner` ends at `position`.
+    fn zeros_at_end(&self) -> u64 {
+        let data_end = self.data_end.get();
+        let next_header = data_end.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+        if self.position >= data_end && self.position < next_header {
+            next_header - self.position + BLOCK_SIZE
+        } else {
+            0
+        }
+    }
+}
+
+impl<R: Read> Read for CompleteEnd<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let zeros = match self.zeros {
+            Some(zeros) => zeros,
+            None => {
+                let count = self.inner.read(buf)?;
+                if count > 0 || buf.is_empty() {
+                    self.position += count as u64;
+                    return Ok(count);
+                }
+                self.zeros_at_end()
+            }
+        };
+        let count = buf.len().min(usize::try_from(zeros).unwrap_or(usize::MAX));
+        buf[..count].fill(0);
+        self.zeros = Some(zeros - count as u64);
+        Ok(count)
+    }
 }
 
 /// The metadata of an entry, from its header and PAX records.
@@ -139,7 +207,10 @@ impl Applier {
 
         match kind {
             EntryType::Directory => self.directory(&dir, name, &path, &meta),
-            EntryType::Regular | EntryType::Continuous => self.regular(&dir, name, entry, &meta),
+            EntryType::Regular | EntryType::Continuous => {
+                let size = entry.size();
+                self.regular(&dir, name, entry, size, &meta)
+            }
             EntryType::Symlink => {
                 let target = entry.link_name_bytes().unwrap_or_default().into_owned();
                 self.replace(&dir, name)?;
@@ -235,6 +306,7 @@ impl Applier {
         dir: &OwnedFd,
         name: &OsStr,
         entry: &mut dyn Read,
+        size: u64,
         meta: &Meta,
     ) -> Result<()> {
         let display = name.to_string_lossy();
@@ -248,6 +320,13 @@ impl Applier {
         .map_err(|e| entry_err("create", &display, e.into()))?;
         let mut file = std::fs::File::from(fd);
         let written = io::copy(entry, &mut file).map_err(|e| entry_err("write", &display, e))?;
+        if written != size {
+            return Err(Error::Truncated {
+                name: display.into_owned(),
+                expected: size,
+                actual: written,
+            });
+        }
         self.stats.bytes += written;
         set_fd_meta(&file, meta).map_err(|e| entry_err("set metadata of", &display, e))
     }

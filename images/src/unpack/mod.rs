@@ -39,6 +39,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The layer stream ends inside the data of a file.
+    #[error("layer stream ends inside the data of {name:?}: {actual} of {expected} bytes")]
+    Truncated {
+        name: String,
+        expected: u64,
+        actual: u64,
+    },
     /// The tar stream contains an entry type that cannot be represented.
     #[error("entry {name:?} has unsupported type {kind:?}")]
     Unsupported { name: String, kind: char },

@@ -81,7 +81,27 @@ pub fn wait_exited(container: &Container, timeout: Duration) -> Result<Container
     }
 }
 
+/// Checks that the container's supervisor and its bulkhead-vmm both still run. A VMM that died
+/// leaves the state at `Running` until its supervisor records the exit, so `ps` checks this to
+/// not show such a container as up.
+pub fn vm_is_running(state: &ContainerState) -> bool {
+    is_running(state) && state.vmm_pid.is_none_or(process_alive)
+}
+
+/// Whether `pid` names a process that has not exited. A zombie has exited: it only waits for
+/// its parent to read its status.
 fn process_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid as i32, 0) == 0 }
+    if unsafe { libc::kill(pid as i32, 0) } != 0 {
+        return false;
+    }
+    // The state is the first field after the command name, which is in parentheses and may
+    // itself contain spaces and parentheses.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }

@@ -24,7 +24,7 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let mut rows = Vec::new();
     for (container, config) in container::list(&global.root)?.into_iter().rev() {
         let state = container.state().unwrap_or_default();
-        let running = control::is_running(&state);
+        let running = control::vm_is_running(&state);
         if !args.all && !running {
             continue;
         }
@@ -41,7 +41,7 @@ pub fn run(global: &Global, args: Args) -> Result<ExitCode> {
                 human_duration(now().saturating_sub(config.created))
             ),
             status_text(&state, running),
-            ports_text(&config),
+            ports_text(&config, running),
             config.name.clone(),
         ]);
     }
@@ -79,6 +79,9 @@ fn status_text(state: &ContainerState, running: bool) -> String {
             Some(started) => format!("Up {}", human_duration(now().saturating_sub(started))),
             None => "Starting".to_owned(),
         },
+        (Status::Running, false) if control::is_running(state) => {
+            "Exited (bulkhead-vmm gone)".to_owned()
+        }
         (Status::Running, false) => "Exited (supervisor gone)".to_owned(),
         (Status::Exited, _) => {
             let code = state.exit_code.map_or("?".to_owned(), |c| c.to_string());
@@ -105,7 +108,11 @@ fn first_line(text: &str, max: usize) -> String {
     }
 }
 
-fn ports_text(config: &ContainerConfig) -> String {
+/// Formats the published ports; none for a container that is not running, as in Docker.
+fn ports_text(config: &ContainerConfig, running: bool) -> String {
+    if !running {
+        return String::new();
+    }
     config
         .ports
         .iter()
@@ -149,7 +156,74 @@ fn print_table(headers: &[&str; 7], rows: &[[String; 7]]) {
 
 #[cfg(test)]
 mod tests {
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
     use super::*;
+    use crate::container::PortMapping;
+
+    #[test]
+    fn ports_shown_only_while_running() {
+        let config = ContainerConfig {
+            ports: vec![PortMapping {
+                host_ip: "0.0.0.0".into(),
+                host_port: 8080,
+                container_port: 80,
+            }],
+            ..ContainerConfig::default()
+        };
+
+        assert_eq!(ports_text(&config, true), "0.0.0.0:8080->80/tcp");
+        assert_eq!(ports_text(&config, false), "");
+    }
+
+    /// Waits until `pid` is a zombie: exited, with its status not yet read.
+    fn wait_for_zombie(pid: u32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            if stat
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .trim_start()
+                .starts_with('Z')
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{pid} did not exit: {stat}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn dead_vmm_shows_exited() {
+        let mut zombie = Command::new("true").spawn().unwrap();
+        wait_for_zombie(zombie.id());
+        let mut reaped = Command::new("true").spawn().unwrap();
+        let reaped_pid = reaped.id();
+        reaped.wait().unwrap();
+
+        let cases = [
+            ("VMM runs", std::process::id(), "Up "),
+            ("VMM is a zombie", zombie.id(), "Exited (bulkhead-vmm gone)"),
+            ("VMM reaped", reaped_pid, "Exited (bulkhead-vmm gone)"),
+        ];
+        for (name, vmm_pid, expected) in cases {
+            let state = ContainerState {
+                status: Status::Running,
+                supervisor_pid: Some(std::process::id()),
+                vmm_pid: Some(vmm_pid),
+                started: Some(now()),
+                ..ContainerState::default()
+            };
+            let running = control::vm_is_running(&state);
+            assert_eq!(running, expected == "Up ", "{name}");
+            let text = status_text(&state, running);
+            assert!(text.starts_with(expected), "{name}: {text}");
+        }
+        zombie.wait().unwrap();
+    }
 
     #[test]
     fn durations_read_like_docker() {

@@ -173,7 +173,7 @@ fn revoked_token_is_renewed_after_401() {
     let (_layout, written) = push_image(&registry, "private/app:v1");
     let proxy = FaultProxy::start(registry.port);
     // The token response promises 300 s, but the proxy rejects each token after two requests,
-    // so only the 401 answer tells the client to renew it.
+    // so only the 401 response makes the client renew it.
     proxy.require_tokens(Tokens {
         expires_in: 300,
         max_uses: Some(2),

@@ -297,8 +297,8 @@ fn pull_by_wrong_digest_is_rejected() {
     );
 }
 
-/// A proxy in front of `registry` whose `/token` endpoint issues long-lived tokens in the
-/// `access_token` field, optionally only for Basic `credentials`.
+/// Starts a proxy in front of `registry` whose `/token` endpoint issues long-lived tokens in
+/// the `access_token` field, optionally only for Basic `credentials`.
 fn token_proxy(registry: &Registry, credentials: Option<&'static str>) -> FaultProxy {
     let proxy = FaultProxy::start(registry.port);
     proxy.require_tokens(Tokens {

@@ -18,7 +18,7 @@ use crate::oci::{self, Descriptor, Manifest};
 use crate::reference::Reference;
 use crate::store::{self, Ingest};
 
-/// Attempts per request on 5xx answers and connection failures. Timeouts are not retried,
+/// Attempts per request on 5xx responses and connection failures. Timeouts are not retried,
 /// because each already waited the full timeout.
 const ATTEMPTS: u32 = 5;
 /// Delay before the first retry; it doubles for each further one.

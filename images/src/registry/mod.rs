@@ -34,7 +34,7 @@ pub enum Error {
     /// 404.
     #[error("{reference}: not found (404): {what}")]
     NotFound { reference: String, what: String },
-    /// 5xx answers to every attempt of a request.
+    /// 5xx responses to every attempt of a request.
     #[error("{reference}: registry returned HTTP {status} to all {attempts} attempts at {url}; the registry is failing, try again later")]
     ServerError {
         reference: String,

@@ -2,7 +2,7 @@
 //! (error statuses, bodies cut short, delays), can demand Bearer tokens that its own `/token`
 //! endpoint issues, and records every request it receives.
 //!
-//! It serves one request per connection and answers with `Connection: close`, so each retry
+//! It serves one request per connection and responds with `Connection: close`, so each retry
 //! or resumed download of the client arrives as a new, separately recorded request.
 
 use std::collections::VecDeque;
@@ -18,7 +18,7 @@ use base64::Engine as _;
 /// What the proxy does to one matching request.
 #[derive(Clone, Debug)]
 pub enum Fault {
-    /// Answer with this status and an empty body, without asking the registry.
+    /// Respond with this status and an empty body, without forwarding to the registry.
     Status(u16),
     /// Forward the request, then send the response head and only this many body bytes, and
     /// close the connection.
@@ -41,7 +41,7 @@ pub struct Tokens {
     pub credentials: Option<&'static str>,
 }
 
-/// One request the proxy received, and the status it answered with.
+/// One request the proxy received, and the status of its response.
 #[derive(Clone, Debug)]
 pub struct Request {
     /// Path with query.
@@ -130,12 +130,12 @@ impl FaultProxy {
         self.state.lock().unwrap().tokens = Some(tokens);
     }
 
-    /// Every request received so far, token requests included.
+    /// Returns every request received so far, token requests included.
     pub fn requests(&self) -> Vec<Request> {
         self.state.lock().unwrap().requests.clone()
     }
 
-    /// The requests whose path ends with `path_suffix`.
+    /// Returns the requests whose path ends with `path_suffix`.
     pub fn requests_to(&self, path_suffix: &str) -> Vec<Request> {
         self.requests()
             .into_iter()
@@ -143,7 +143,7 @@ impl FaultProxy {
             .collect()
     }
 
-    /// The token requests served, as paths with query.
+    /// Returns the paths with query of the token requests that got a token.
     pub fn token_requests(&self) -> Vec<String> {
         self.requests()
             .into_iter()
@@ -156,7 +156,7 @@ impl FaultProxy {
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the acceptor, which sees the flag and returns.
+        // The connection wakes the acceptor, which then finds the flag set and returns.
         let _ = TcpStream::connect(("127.0.0.1", self.port));
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
@@ -231,7 +231,8 @@ fn serve(mut client: TcpStream, state: &Mutex<State>) {
         }
     };
 
-    // Record before answering, so that the request is listed once the client has its answer.
+    // Record before responding, so that the request is listed by the time the client has the
+    // response.
     state.lock().unwrap().requests.push(Request {
         path,
         range,

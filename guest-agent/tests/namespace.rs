@@ -120,6 +120,10 @@ struct Agent {
     events: Receiver<Event>,
     /// Events already received for processes other than the one being waited for.
     outputs: HashMap<u32, Output>,
+    /// Stdin bytes each process may still receive, from its `StdinWindow` events.
+    stdin_windows: HashMap<u32, u64>,
+    /// `Error` events received, in order.
+    errors: Vec<(Option<u32>, String)>,
     relay_path: PathBuf,
     next_id: u32,
     _dir: TempDir,
@@ -184,6 +188,8 @@ impl Agent {
             writer: FrameWriter::new(stream),
             events,
             outputs: HashMap::new(),
+            stdin_windows: HashMap::new(),
+            errors: Vec::new(),
             relay_path,
             next_id: 1,
             _dir: dir,
@@ -260,8 +266,38 @@ impl Agent {
                 }
             }
             Event::Exit { id, code } => self.outputs.entry(id).or_default().code = Some(code),
+            Event::StdinWindow { id, bytes } => {
+                *self.stdin_windows.entry(id).or_default() += u64::from(bytes);
+            }
+            Event::Error { id, message } => self.errors.push((id, message)),
             other => panic!("unexpected event {other:?}"),
         }
+    }
+
+    /// Sends up to 64 KiB of `data` within the stdin window of `id`, and returns the number of
+    /// bytes sent. It waits for window only when none is left.
+    fn send_stdin_within_window(&mut self, id: u32, data: &[u8]) -> usize {
+        while self.stdin_windows.get(&id).copied().unwrap_or(0) == 0 {
+            let event = self.next_event();
+            self.handle(event);
+        }
+        let window = self.stdin_windows.get_mut(&id).unwrap();
+        let len = data.len().min(*window as usize).min(64 * 1024);
+        *window -= len as u64;
+        self.send(&Request::Stdin {
+            id,
+            data: data[..len].to_vec(),
+        });
+        len
+    }
+
+    /// Sends all of `data` to the stdin of `id` within its window, then closes it.
+    fn write_stdin(&mut self, id: u32, data: &[u8]) {
+        let mut sent = 0;
+        while sent < data.len() {
+            sent += self.send_stdin_within_window(id, &data[sent..]);
+        }
+        self.send(&Request::CloseStdin { id });
     }
 
     fn run(&mut self, argv: &[&str]) -> Output {
@@ -419,19 +455,119 @@ fn stdin_reaches_process_and_eof() {
             stdin: true,
             ..command(&["cat"])
         });
-        for chunk in input.chunks(64 * 1024) {
-            agent.send(&Request::Stdin {
-                id,
-                data: chunk.to_vec(),
-            });
-        }
-        agent.send(&Request::CloseStdin { id });
+        agent.write_stdin(id, input);
 
         let output = agent.wait(id);
         assert_eq!(output.code, Some(0), "case {i}");
         assert_eq!(output.stdout.len(), input.len(), "case {i}");
         assert!(output.stdout == *input, "case {i}: content differs");
     }
+    assert!(agent.errors.is_empty(), "{:?}", agent.errors);
+}
+
+/// Returns the MD5 digest of `data` in hex, as busybox md5sum prints it.
+fn md5_hex(data: &[u8]) -> String {
+    let mut child = Command::new(BUSYBOX)
+        .arg("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let output = thread::scope(|scope| {
+        let writer = scope.spawn(move || stdin.write_all(data));
+        let output = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        output
+    });
+    String::from_utf8(output.stdout).unwrap()[..32].to_owned()
+}
+
+/// Reads the peak resident set size (VmHWM) of `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn slow_stdin_reader_keeps_agent_memory_bounded() {
+    let mut agent = agent_or_skip!();
+    let input: Vec<u8> = (0..64u32 * 1024 * 1024)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    // The reader starts only once /tmp/go exists, so everything sent before that waits in
+    // the agent or in the pipe to the process.
+    let id = agent.start_process(StartProcess {
+        stdin: true,
+        ..command(&[
+            "sh",
+            "-c",
+            "until [ -e /tmp/go ]; do sleep 0.05; done; md5sum",
+        ])
+    });
+
+    // Use up the first window, which is all the agent grants before it writes to the pipe.
+    let mut sent = 0;
+    loop {
+        sent += agent.send_stdin_within_window(id, &input[sent..]);
+        if agent.stdin_windows[&id] == 0 {
+            break;
+        }
+    }
+    assert_eq!(sent, 256 * 1024, "first stdin window");
+
+    // The control connection still serves other processes while this stdin is stalled.
+    assert_eq!(agent.run(&["touch", "/tmp/go"]).code, Some(0));
+
+    agent.write_stdin(id, &input[sent..]);
+    let output = agent.wait(id);
+    assert_eq!(output.code, Some(0), "{}", output.stderr());
+    assert_eq!(output.stdout(), format!("{}  -\n", md5_hex(&input)));
+    assert!(agent.errors.is_empty(), "{:?}", agent.errors);
+
+    let peak_kib = peak_rss_kib(agent.pid());
+    assert!(
+        peak_kib < 32 * 1024,
+        "agent peak RSS {peak_kib} KiB after relaying 64 MiB of stdin"
+    );
+}
+
+#[test]
+fn stdin_beyond_window_is_rejected() {
+    let mut agent = agent_or_skip!();
+    let id = agent.start_process(StartProcess {
+        stdin: true,
+        ..command(&["wc", "-c"])
+    });
+    while agent.stdin_windows.get(&id).copied().unwrap_or(0) == 0 {
+        let event = agent.next_event();
+        agent.handle(event);
+    }
+    let window = agent.stdin_windows[&id] as usize;
+    agent.send(&Request::Stdin {
+        id,
+        data: vec![b'x'; window + 1],
+    });
+    agent.send(&Request::CloseStdin { id });
+
+    let output = agent.wait(id);
+    assert_eq!(output.code, Some(0));
+    assert_eq!(
+        output.stdout().trim(),
+        "0",
+        "dropped data reached the process"
+    );
+    assert_eq!(agent.errors.len(), 1, "{:?}", agent.errors);
+    assert_eq!(agent.errors[0].0, Some(id));
+    assert!(
+        agent.errors[0].1.contains("only 262144 bytes were granted"),
+        "{}",
+        agent.errors[0].1
+    );
 }
 
 #[test]

@@ -32,7 +32,8 @@ use thiserror::Error;
 
 /// Version of the wire format. The agent announces it in [`Event::Ready`]; a host must reject
 /// an agent whose version differs from its own, because frames of another version may not decode.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2 added [`Event::StdinWindow`], the flow control of [`Request::Stdin`].
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// vsock port on the host (CID 2) that the agent connects to for its control connection.
 /// With a Firecracker-style hybrid vsock device this connection arrives at the host Unix socket

@@ -44,7 +44,9 @@ pub enum Request {
     /// Starts a process. The agent answers with [`Event::Started`], or with an
     /// [`Event::Output`] on stderr and an [`Event::Exit`] when the process could not start.
     StartProcess(StartProcess),
-    /// Writes bytes to the process's stdin (or its terminal).
+    /// Writes bytes to the process's stdin (or its terminal). The host may send only as many
+    /// bytes as [`Event::StdinWindow`] events have granted and not yet used; the agent rejects
+    /// data beyond that window with an [`Event::Error`] and drops it.
     Stdin {
         /// Target process.
         id: ProcessId,
@@ -141,6 +143,16 @@ pub enum Event {
         /// What failed.
         message: String,
     },
+    /// The agent accepts `bytes` more bytes of [`Request::Stdin`] data for the process. It
+    /// grants a first window right after [`Event::Started`] of a process started with `stdin`,
+    /// and grants again as it writes the data to the process, so the data buffered in the
+    /// agent stays within one window however slowly the process reads.
+    StdinWindow {
+        /// Target process.
+        id: ProcessId,
+        /// Additional bytes the host may send.
+        bytes: u32,
+    },
 }
 
 /// First frame of a relay connection, sent by the host.
@@ -178,6 +190,7 @@ mod tag {
     pub const OUTPUT: u8 = 0x83;
     pub const EXIT: u8 = 0x84;
     pub const ERROR: u8 = 0x85;
+    pub const STDIN_WINDOW: u8 = 0x86;
 
     pub const RELAY_OK: u8 = 0xc1;
     pub const RELAY_FAILED: u8 = 0xc2;
@@ -321,6 +334,9 @@ impl Frame for Event {
                     })
                     .str(message);
             }
+            Event::StdinWindow { id, bytes } => {
+                enc.u8(tag::STDIN_WINDOW).u32(*id).u32(*bytes);
+            }
         }
     }
 
@@ -360,6 +376,10 @@ impl Frame for Event {
             tag::ERROR => Event::Error {
                 id: dec.option(Decoder::u32)?,
                 message: dec.string()?,
+            },
+            tag::STDIN_WINDOW => Event::StdinWindow {
+                id: dec.u32()?,
+                bytes: dec.u32()?,
             },
             other => return Err(DecodeError::UnknownTag(other)),
         };
@@ -480,6 +500,10 @@ mod tests {
                 id: Some(9),
                 message: String::new(),
             },
+            Event::StdinWindow {
+                id: 2,
+                bytes: u32::MAX,
+            },
         ];
         for event in &events {
             round_trip(event);
@@ -500,6 +524,17 @@ mod tests {
         let mut body = Vec::new();
         Event::Exit { id: 5, code: 143 }.encode(&mut body);
         assert_eq!(body, [0x84, 5, 0, 0, 0, 143, 0, 0, 0]);
+    }
+
+    #[test]
+    fn stdin_window_has_documented_layout() {
+        let mut body = Vec::new();
+        Event::StdinWindow {
+            id: 1,
+            bytes: 0x4_0000,
+        }
+        .encode(&mut body);
+        assert_eq!(body, [0x86, 1, 0, 0, 0, 0, 0, 4, 0]);
     }
 
     #[test]

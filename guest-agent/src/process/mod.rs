@@ -3,6 +3,10 @@
 //! Each process gets a thread per output stream and one for stdin. A process's exit is reported
 //! only after the reaper has collected its status and every output stream has reached end of
 //! file, so the host always receives the complete output before [`Event::Exit`].
+//!
+//! Stdin is flow-controlled with [`Event::StdinWindow`]: the host sends at most
+//! [`STDIN_WINDOW`] bytes ahead of what the process has read, so a process that reads slowly
+//! holds up only its own stdin, never the control connection or the agent's memory.
 
 pub mod exec;
 
@@ -14,6 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -37,9 +42,20 @@ const OUTPUT_CHUNK: usize = 32 * 1024;
 /// Stack size of the per-process stdio threads, which hold one buffer of [`OUTPUT_CHUNK`].
 const STDIO_THREAD_STACK: usize = 128 * 1024;
 
+/// Stdin bytes that the host may send ahead of the process, which is the most stdin data the
+/// agent queues for one process.
+pub const STDIN_WINDOW: u32 = 256 * 1024;
+
 enum StdinMessage {
     Data(Vec<u8>),
     Close,
+}
+
+/// The queue to a process's stdin thread.
+struct StdinQueue {
+    sender: mpsc::Sender<StdinMessage>,
+    /// Bytes granted to the host with [`Event::StdinWindow`] and not yet received.
+    window: Arc<AtomicU32>,
 }
 
 /// Tracks the two conditions for [`Event::Exit`]: the exit status and the end of every output
@@ -72,7 +88,7 @@ impl Completion {
 
 struct Entry {
     pid: Pid,
-    stdin: Option<mpsc::Sender<StdinMessage>>,
+    stdin: Option<StdinQueue>,
     tty_master: Option<Arc<File>>,
     completion: Arc<Completion>,
 }
@@ -256,6 +272,7 @@ impl Processes {
         }
 
         let completion = Arc::new(Completion::new(outputs.len()));
+        let has_stdin = stdin_writer.is_some();
         let stdin =
             stdin_writer.map(|writer| self.start_stdin_thread(id, writer, tty_master.is_some()));
         table.running.insert(pid, id);
@@ -275,6 +292,12 @@ impl Processes {
             id,
             pid: pid.as_raw() as u32,
         });
+        if has_stdin {
+            self.events.send(&Event::StdinWindow {
+                id,
+                bytes: STDIN_WINDOW,
+            });
+        }
         for (stream, reader) in outputs {
             self.start_output_thread(id, stream, reader, Arc::clone(&completion));
         }
@@ -313,25 +336,36 @@ impl Processes {
         spawn_stdio_thread(format!("out-{id}"), run);
     }
 
+    /// Starts the thread that writes queued stdin data to the process. Each chunk, once
+    /// written, is granted back to the host as window.
     fn start_stdin_thread(
         &self,
         id: ProcessId,
         mut writer: Box<dyn Write + Send>,
         tty: bool,
-    ) -> mpsc::Sender<StdinMessage> {
+    ) -> StdinQueue {
         let (sender, receiver) = mpsc::channel();
+        let window = Arc::new(AtomicU32::new(STDIN_WINDOW));
+        let thread_window = Arc::clone(&window);
+        let events = self.events.clone();
         let run = move || {
-            // After a write error (the process closed its stdin) the remaining data is dropped.
+            // After a write error (the process closed its stdin) the remaining data is dropped,
+            // but still granted back, so that a host waiting for window does not stall.
             let mut broken = false;
             for message in receiver {
                 match message {
-                    StdinMessage::Data(data) if !broken => {
-                        if let Err(err) = writer.write_all(&data) {
-                            debug!(id, error = %err, "process stdin closed early");
-                            broken = true;
+                    StdinMessage::Data(data) => {
+                        if !broken {
+                            if let Err(err) = writer.write_all(&data) {
+                                debug!(id, error = %err, "process stdin closed early");
+                                broken = true;
+                            }
                         }
+                        // The length fit the window when it was queued, so it fits in a u32.
+                        let bytes = data.len() as u32;
+                        thread_window.fetch_add(bytes, Ordering::SeqCst);
+                        events.send(&Event::StdinWindow { id, bytes });
                     }
-                    StdinMessage::Data(_) => {}
                     StdinMessage::Close if tty => {
                         let _ = writer.write_all(&[tty::EOF_CHAR]);
                     }
@@ -340,7 +374,7 @@ impl Processes {
             }
         };
         spawn_stdio_thread(format!("in-{id}"), run);
-        sender
+        StdinQueue { sender, window }
     }
 
     /// Removes a finished process and reports its exit.
@@ -368,9 +402,29 @@ impl Processes {
             return;
         };
         match &entry.stdin {
-            // A send fails only when the stdin thread has ended after an earlier close.
-            Some(sender) => {
-                let _ = sender.send(message);
+            Some(queue) => {
+                if let StdinMessage::Data(data) = &message {
+                    if let Err(granted) = take_window(&queue.window, data.len()) {
+                        drop(table);
+                        warn!(
+                            id,
+                            bytes = data.len(),
+                            granted,
+                            "stdin data exceeds the window"
+                        );
+                        self.events.send(&Event::Error {
+                            id: Some(id),
+                            message: format!(
+                                "dropped {} bytes of stdin for process {id}: only {granted} \
+                                 bytes were granted by StdinWindow",
+                                data.len()
+                            ),
+                        });
+                        return;
+                    }
+                }
+                // A send fails only when the stdin thread has ended after an earlier close.
+                let _ = queue.sender.send(message);
             }
             None => {
                 drop(table);
@@ -473,6 +527,16 @@ impl Processes {
             }
         }
     }
+}
+
+/// Takes `len` bytes from the stdin window; returns the bytes granted when `len` exceeds them.
+fn take_window(window: &AtomicU32, len: usize) -> Result<(), u32> {
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    window
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |granted| {
+            granted.checked_sub(len)
+        })
+        .map(drop)
 }
 
 /// Splits `NAME=value` entries at the first `=`; entries without `=` are dropped, as the
@@ -589,6 +653,17 @@ mod tests {
             parse_env(&[b"X=1=2==".to_vec()]),
             [("X".into(), "1=2==".into())]
         );
+    }
+
+    #[test]
+    fn take_window_rejects_excess() {
+        let window = AtomicU32::new(10);
+        assert_eq!(take_window(&window, 4), Ok(()));
+        assert_eq!(take_window(&window, 7), Err(6));
+        assert_eq!(take_window(&window, 6), Ok(()));
+        assert_eq!(take_window(&window, 1), Err(0));
+        assert_eq!(take_window(&window, usize::MAX), Err(0));
+        assert_eq!(window.load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -632,6 +632,27 @@ fn env_and_args_keep_their_bytes() {
 }
 
 #[test]
+fn env_entry_without_equals_is_ignored() {
+    let mut agent = agent_or_skip!();
+    let output = agent.wait_start(StartProcess {
+        env: vec![b"BEFORE=1".to_vec(), b"BARE".to_vec(), b"AFTER=2".to_vec()],
+        ..command(&["env"])
+    });
+    assert_eq!(output.code, Some(0), "{}", output.stderr());
+
+    let stdout = output.stdout();
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort_unstable();
+    let expected = [
+        "AFTER=2".to_owned(),
+        "BEFORE=1".to_owned(),
+        "HOME=/root".to_owned(),
+        format!("PATH={DEFAULT_PATH}"),
+    ];
+    assert_eq!(lines, expected);
+}
+
+#[test]
 fn missing_working_dir_is_created() {
     let mut agent = agent_or_skip!();
     let output = agent.wait_start(StartProcess {

@@ -22,8 +22,8 @@ pub struct StartProcess {
     /// Program and arguments. `argv[0]` is looked up in the `PATH` of `env` unless it contains a
     /// `/`. Arguments are arbitrary bytes without NUL.
     pub argv: Vec<Vec<u8>>,
-    /// Environment entries, each `NAME=value`; the value may contain further `=`. The agent adds
-    /// a default `PATH` when none is given.
+    /// Environment entries, each `NAME=value`; the value may contain further `=`. The agent
+    /// ignores entries without `=`, as Docker does, and adds a default `PATH` when none is given.
     pub env: Vec<Vec<u8>>,
     /// Working directory, created when missing. Empty means `/`.
     pub cwd: String,

@@ -161,7 +161,9 @@ fn create(global: &Global, args: &Args) -> Result<Container> {
     if argv.is_empty() {
         bail!("no command specified: the image {} has no Entrypoint or Cmd; give one after the image name", args.image);
     }
-    let env = merge_env(&defaults.env, &args.env_files, &args.env)?;
+    let env = merge_env(&defaults.env, &args.env_files, &args.env, &|name| {
+        std::env::var(name).ok()
+    })?;
     let stop_signal = defaults
         .stop_signal
         .as_deref()
@@ -325,15 +327,24 @@ fn combine_command(
 }
 
 /// Merges the image's Env, then `--env-file` lines, then `-e` values; later ones win per key.
+/// A `KEY` without `=` takes its value from `lookup` (this process's environment).
+///
+/// When `lookup` has no value, Docker's two rules apply (docker/cli `opts.ValidateEnv` and
+/// `opts.ParseEnvFile`, moby's `ReplaceOrAppendEnvValues`): a `-e KEY` removes KEY, so the
+/// container has no KEY even when the image sets one, while an env-file line `KEY` is ignored.
 fn merge_env(
     image_env: &[String],
     env_files: &[PathBuf],
     env_args: &[String],
+    lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<String>> {
     let mut entries: Vec<String> = image_env.to_vec();
-    let mut set = |entry: String| {
+    let remove = |entries: &mut Vec<String>, key: &str| {
+        entries.retain(|existing| existing.split('=').next() != Some(key));
+    };
+    let set = |entries: &mut Vec<String>, entry: String| {
         let key = entry.split('=').next().unwrap_or_default().to_owned();
-        entries.retain(|existing| existing.split('=').next() != Some(key.as_str()));
+        remove(entries, &key);
         entries.push(entry);
     };
 
@@ -345,8 +356,8 @@ fn merge_env(
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            if let Some(entry) = env_entry(line) {
-                set(entry);
+            if let Some(entry) = env_entry(line, lookup) {
+                set(&mut entries, entry);
             } else if line.starts_with('=') {
                 bail!(
                     "invalid line {} in env file {}: {line:?} has no variable name",
@@ -360,22 +371,23 @@ fn merge_env(
         if value.starts_with('=') || value.is_empty() {
             bail!("invalid environment variable {value:?}: use KEY=VALUE or KEY");
         }
-        if let Some(entry) = env_entry(value) {
-            set(entry);
+        match env_entry(value, lookup) {
+            Some(entry) => set(&mut entries, entry),
+            None => remove(&mut entries, value),
         }
     }
     Ok(entries)
 }
 
-/// `KEY=VALUE` as is; `KEY` alone takes the value from this environment, or is dropped.
-fn env_entry(value: &str) -> Option<String> {
+/// `KEY=VALUE` as is; `KEY` alone takes its value from `lookup`, or is `None` without one.
+fn env_entry(value: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Option<String> {
     if value.starts_with('=') {
         return None;
     }
     if value.contains('=') {
         return Some(value.to_owned());
     }
-    std::env::var(value).ok().map(|v| format!("{value}={v}"))
+    lookup(value).map(|v| format!("{value}={v}"))
 }
 
 fn parse_cpus(value: &str) -> Result<u8> {
@@ -505,6 +517,7 @@ mod tests {
             &strings(&["A=image", "B=image"]),
             &[file],
             &strings(&["A=arg", "D=1=2"]),
+            &|_| None,
         )
         .unwrap();
 
@@ -512,8 +525,35 @@ mod tests {
     }
 
     #[test]
+    fn env_names_without_value_use_lookup() {
+        let lookup = |name: &str| match name {
+            "SET" => Some("from-cli".to_owned()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        /// Image Env, env-file text, `-e` values and the merged result.
+        type Case<'a> = (&'a [&'a str], &'a str, &'a [&'a str], &'a [&'a str]);
+        let cases: [Case; 7] = [
+            (&[], "", &["SET"], &["SET=from-cli"]),
+            (&[], "", &["EMPTY"], &["EMPTY="]),
+            (&[], "", &["UNSET"], &[]),
+            (&["UNSET=image", "K=v"], "", &["UNSET"], &["K=v"]),
+            (&["SET=image"], "SET\n", &[], &["SET=from-cli"]),
+            (&["UNSET=image"], "UNSET\n", &[], &["UNSET=image"]),
+            (&[], "UNSET=file\n", &["UNSET"], &[]),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        for (i, (image_env, file_text, env_args, expected)) in cases.into_iter().enumerate() {
+            let file = dir.path().join(format!("env-{i}"));
+            std::fs::write(&file, file_text).unwrap();
+            let env = merge_env(&strings(image_env), &[file], &strings(env_args), &lookup);
+            assert_eq!(env.unwrap(), strings(expected), "case {i}");
+        }
+    }
+
+    #[test]
     fn env_rejects_missing_name() {
-        let message = merge_env(&[], &[], &strings(&["=x"]))
+        let message = merge_env(&[], &[], &strings(&["=x"]), &|_| None)
             .unwrap_err()
             .to_string();
         assert!(message.contains("\"=x\""), "{message}");

@@ -539,8 +539,9 @@ fn take_window(window: &AtomicU32, len: usize) -> Result<(), u32> {
         .map(drop)
 }
 
-/// Splits `NAME=value` entries at the first `=`; entries without `=` are dropped, as the
-/// execve(2) environment cannot express them.
+/// Splits `NAME=value` entries at the first `=`. Entries without `=` are dropped, as Docker
+/// drops them: moby's `ReplaceOrAppendEnvValues` reads a bare `NAME` as a request to unset
+/// NAME and never passes it to the process.
 fn parse_env(entries: &[Vec<u8>]) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = Vec::new();
     for entry in entries {

@@ -91,6 +91,9 @@ fn build_layout(dir: &Path, big_file: &[u8]) -> PathBuf {
         "sha256sum",
         "printf",
         "true",
+        "tty",
+        "stty",
+        "hostname",
     ];
     for applet in applets {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
@@ -315,6 +318,118 @@ fn detached_logs_and_stop() {
     assert!(ps.stdout_str().contains("Exited (7)"), "{ps}");
     let rm = bulkhead(&["rm", "trapper"]);
     assert_eq!(rm.status, 0, "{rm}");
+}
+
+#[test]
+fn tty_has_window_size_and_follows_resize() {
+    fixture();
+    // The guest polls its terminal's size, because a trap on SIGWINCH would only run after the
+    // current `sleep`.
+    let guest = "tty; stty size; echo ready; \
+                 while [ \"$(stty size)\" = '33 101' ]; do sleep 1; done; stty size";
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/tty_run.py");
+    let output = host()
+        .command("/usr/bin/python3")
+        .args([
+            script, "33", "101", "--resize", "40", "120", "--after", "ready",
+        ])
+        .args([
+            "--", BULKHEAD, "run", "--rm", "-t", IMAGE, "sh", "-c", guest,
+        ])
+        .env("BULKHEAD_START_TIMEOUT", "600")
+        .output()
+        .expect("the test host runs bulkhead on a terminal");
+
+    assert_eq!(output.status, 0, "{output}");
+    // The guest's terminal turns each newline into CR LF.
+    let text = output.stdout_str().replace("\r\n", "\n");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{output}");
+    assert!(lines[0].starts_with("/dev/pts/"), "{output}");
+    assert_eq!(lines[1], "33 101", "the host terminal's size\n{output}");
+    assert_eq!(lines[2], "ready", "{output}");
+    assert_eq!(lines[3], "40 120", "the size after the resize\n{output}");
+}
+
+#[test]
+fn hostname_is_short_id() {
+    fixture();
+    let output = bulkhead(&[
+        "run",
+        "--name",
+        "hostname-check",
+        IMAGE,
+        "sh",
+        "-c",
+        "cat /etc/hostname; hostname",
+    ]);
+    let _cleanup = Cleanup("hostname-check".into());
+    assert_eq!(output.status, 0, "{output}");
+
+    let ps = bulkhead(&["ps", "-a"]);
+    let short_id = ps
+        .stdout_str()
+        .lines()
+        .find(|line| line.ends_with(" hostname-check"))
+        .and_then(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no hostname-check in ps -a\n{ps}"));
+    assert_eq!(short_id.len(), 12, "{ps}");
+    assert_eq!(
+        output.stdout_str(),
+        format!("{short_id}\n{short_id}\n"),
+        "/etc/hostname, then the kernel's host name"
+    );
+}
+
+#[test]
+fn killed_vmm_is_not_up() {
+    fixture();
+    let output = bulkhead(&[
+        "run",
+        "-d",
+        "--name",
+        "vmm-killed",
+        "-p",
+        "8083:80",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(output.status, 0, "{output}");
+    let id = output.stdout_str().trim().to_owned();
+    let _cleanup = Cleanup(id.clone());
+
+    // Kill the VMM and list at once, before the supervisor can record the exit.
+    let listing = shell(&format!(
+        "pid=$(sed -n 's/.*\"vmm_pid\": \\([0-9]*\\).*/\\1/p' \
+         /var/lib/bulkhead/containers/{id}/state.json); \
+         kill -9 \"$pid\" && {BULKHEAD} ps -a"
+    ));
+    assert_eq!(listing.status, 0, "{listing}");
+    let row = listing
+        .stdout_str()
+        .lines()
+        .find(|line| line.ends_with(" vmm-killed"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no vmm-killed in ps -a\n{listing}"));
+    assert!(row.contains(" Exited ("), "{row}");
+    assert!(!row.contains("8083"), "no ports once exited: {row}");
+
+    // The supervisor then records the kill as Docker reports a SIGKILL.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ps = bulkhead(&["ps", "-a"]);
+        if ps
+            .stdout_str()
+            .lines()
+            .any(|line| line.ends_with(" vmm-killed") && line.contains("Exited (137)"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no Exited (137)\n{ps}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Polls `url` on this machine until it answers, or panics after `timeout`.

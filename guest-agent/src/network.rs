@@ -1,5 +1,5 @@
-//! The guest's identity on the network: host name, loopback, `/etc/hosts`, `/etc/resolv.conf`,
-//! and the entropy that the host provides.
+//! The guest's identity on the network: host name and `/etc/hostname`, loopback, `/etc/hosts`,
+//! `/etc/resolv.conf`, and the entropy that the host provides.
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -61,6 +61,10 @@ pub fn configure(sys: &dyn Syscall, config: &Config<'_>) -> Result<(), NetworkEr
                 name: config.hostname.to_owned(),
                 source,
             })?;
+        // As in Docker, /etc/hostname holds the container's host name, replacing the image's.
+        let path = "/etc/hostname";
+        std::fs::write(path, format!("{}\n", config.hostname))
+            .map_err(|source| NetworkError::Write { path, source })?;
     }
 
     let default_hosts = default_hosts(config.hostname);

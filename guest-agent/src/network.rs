@@ -61,7 +61,7 @@ pub fn configure(sys: &dyn Syscall, config: &Config<'_>) -> Result<(), NetworkEr
                 name: config.hostname.to_owned(),
                 source,
             })?;
-        // As in Docker, /etc/hostname holds the container's host name, replacing the image's.
+        // As in Docker, /etc/hostname contains the container's host name, replacing the image's.
         let path = "/etc/hostname";
         std::fs::write(path, format!("{}\n", config.hostname))
             .map_err(|source| NetworkError::Write { path, source })?;

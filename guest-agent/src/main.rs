@@ -221,6 +221,7 @@ fn run(mut args: Args, in_vm: bool) -> Result<()> {
     info!(
         version = env!("CARGO_PKG_VERSION"),
         pid = std::process::id(),
+        since_boot_s = seconds_since_boot(),
         "agent starting"
     );
 
@@ -290,11 +291,25 @@ fn run(mut args: Args, in_vm: bool) -> Result<()> {
         protocol_version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").into(),
     });
-    info!(control = %control_endpoint, relay = %relay_endpoint, "agent ready");
+    info!(
+        control = %control_endpoint,
+        relay = %relay_endpoint,
+        since_boot_s = seconds_since_boot(),
+        "agent ready"
+    );
 
     match control::serve(control, &sys, &processes, &events) {
         End::Shutdown | End::Disconnected => shutdown::run(sys.as_ref(), plan.finish),
     }
+}
+
+/// Returns the time since the kernel booted (CLOCK_BOOTTIME) in seconds, or -1 when the clock
+/// cannot be read. The start and ready log lines carry it, so the console shows how long the
+/// kernel and the agent's set-up took (bench/agent reads them).
+fn seconds_since_boot() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|time| time.tv_sec() as f64 + time.tv_nsec() as f64 / 1e9)
+        .unwrap_or(-1.0)
 }
 
 /// Builds the container root and makes it the agent's root.

@@ -23,12 +23,12 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::boot::{self, InitrdRegion, ZeroPageConfig};
 use crate::arch::x86_64::layout::{
-    CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, IOAPIC_PINS, KVM_IDENTITY_MAP_START,
-    KVM_TSS_START, MMIO_GAP_START, SERIAL_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE,
-    VIRTIO_MMIO_START,
+    CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, KVM_IDENTITY_MAP_START, KVM_TSS_START,
+    MMIO_GAP_START, SERIAL_GSI, VIRTIO_GSIS, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
 };
-use crate::arch::x86_64::{cpuid, mptable, regs};
+use crate::arch::x86_64::{acpi, cpuid, mptable, regs};
 use crate::config::{Console, VmConfig, BASE_CMDLINE};
+use crate::devices::acpi::{AcpiPm, ACPI_PM_PORT, ACPI_PM_WINDOW_SIZE};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::i8042::{I8042, I8042_DATA_PORT, I8042_WINDOW_SIZE};
 use crate::devices::serial::{ConsoleOutput, SerialConsole, COM1_PORT, UART_WINDOW_SIZE};
@@ -113,6 +113,9 @@ pub enum BuildError {
     /// Writing the MP table failed.
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
+    /// Writing the ACPI tables failed.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
     /// Setting up vCPU registers failed.
     #[error(transparent)]
     Regs(#[from] regs::RegsError),
@@ -120,7 +123,7 @@ pub enum BuildError {
     #[error(transparent)]
     Disk(#[from] DiskError),
     /// More virtio devices than free interrupt lines.
-    #[error("{0} virtio devices requested, but at most {max} fit", max = IOAPIC_PINS - VIRTIO_FIRST_GSI)]
+    #[error("{0} virtio devices requested, but at most {max} fit", max = VIRTIO_GSIS.len())]
     TooManyDevices(usize),
     /// The vsock device could not be created.
     #[error(transparent)]
@@ -171,7 +174,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome> {
         return Err(BuildError::CpuCount(config.cpus));
     }
     let devices = config.disks.len() + usize::from(config.vsock.is_some());
-    if devices > (IOAPIC_PINS - VIRTIO_FIRST_GSI) as usize {
+    if devices > VIRTIO_GSIS.len() {
         return Err(BuildError::TooManyDevices(devices));
     }
 
@@ -191,7 +194,8 @@ pub fn run(config: &VmConfig) -> Result<Outcome> {
         .map(|path| load_initrd(&memory, path, kernel.end, config.memory_mib))
         .transpose()?;
 
-    // 4. Devices: the console, the reset-only keyboard controller, one virtio-blk per disk and
+    // 4. Devices: the console, the reset-only keyboard controller, the ACPI power registers, one
+    //    virtio-blk per disk and
     //    the vsock device.
     let exit = Arc::new(ExitSignal::new().map_err(|e| BuildError::Resource("an eventfd", e))?);
     let panicked = Arc::new(AtomicBool::new(false));
@@ -199,15 +203,17 @@ pub fn run(config: &VmConfig) -> Result<Outcome> {
     let (buses, console) = create_devices(&vm, &memory, config, &exit, &panicked, &mut cmdline)?;
     let cmdline_size = write_cmdline(&memory, &cmdline)?;
 
-    // 5. Boot structures: page tables and GDT, the zero page and the MP table.
+    // 5. Boot structures: page tables and GDT, the MP and ACPI tables, and the zero page.
     regs::write_boot_tables(&memory)?;
+    mptable::write(&memory, config.cpus)?;
+    let acpi_rsdp = acpi::write(&memory, config.cpus)?;
     let zero_page = ZeroPageConfig {
         setup_header: kernel.setup_header,
         cmdline_size,
         initrd,
+        acpi_rsdp: Some(acpi_rsdp),
     };
     boot::write_zero_page(&memory, &zero_page)?;
-    mptable::write(&memory, config.cpus)?;
 
     // 6. vCPUs, each with CPUID and the 64-bit boot state, then started.
     let buses = Arc::new(buses);
@@ -439,9 +445,14 @@ fn create_devices(
         I8042_WINDOW_SIZE,
         Arc::new(Mutex::new(I8042::new(exit.clone()))),
     )?;
+    pio.insert(
+        ACPI_PM_PORT,
+        ACPI_PM_WINDOW_SIZE,
+        Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
+    )?;
 
     for (index, disk) in config.disks.iter().enumerate() {
-        let gsi = VIRTIO_FIRST_GSI + index as u32;
+        let gsi = VIRTIO_GSIS[index];
         let base = VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE;
         let block = Block::new(Disk::open(&disk.path, disk.read_only)?);
         let transport = MmioTransport::new(
@@ -458,7 +469,7 @@ fn create_devices(
 
     if let Some(vsock) = &config.vsock {
         let index = config.disks.len();
-        let gsi = VIRTIO_FIRST_GSI + index as u32;
+        let gsi = VIRTIO_GSIS[index];
         let base = VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE;
         let device = Vsock::new(vsock.guest_cid, vsock.path.clone())?;
         let transport = MmioTransport::new(
@@ -527,7 +538,7 @@ mod tests {
 
         assert_eq!(
             rendered(&cmdline),
-            "console=ttyS0 reboot=k panic=-1 root=/dev/vda \
+            "console=ttyS0 reboot=k panic=-1 pci=off root=/dev/vda \
              virtio_mmio.device=4K@0xd0000000:5 -- --verbose"
         );
     }

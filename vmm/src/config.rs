@@ -12,8 +12,9 @@ pub const DEFAULT_KERNEL: &str = "/usr/local/share/bulkhead/vmlinux";
 /// Environment variable that overrides [`DEFAULT_KERNEL`].
 pub const KERNEL_ENV: &str = "BULKHEAD_KERNEL";
 /// Kernel parameters always passed to the guest: the serial console, reboot through the
-/// keyboard controller (the VMM's exit path), and an immediate reboot on panic.
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+/// keyboard controller (the VMM's exit path), an immediate reboot on panic, and no PCI probing,
+/// because the VM has no PCI bus.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off";
 
 /// A disk image attached as a virtio-blk device.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -39,7 +39,7 @@ struct Args {
     #[arg(long)]
     initrd: Option<PathBuf>,
 
-    /// Kernel parameters appended to the built-in ones ("console=ttyS0 reboot=k panic=-1");
+    /// Kernel parameters appended to the built-in ones ("console=ttyS0 reboot=k panic=-1 pci=off");
     /// text after " -- " is passed to init.
     #[arg(long, default_value = "")]
     cmdline: String,

@@ -2,7 +2,8 @@
 //! and checks each bad input for its message and exit status.
 //!
 //! The guest's root disk holds busybox-static and an /init script that prints a marker, reads a
-//! file from its own disk, writes a file to a second, writable disk and reboots.
+//! file from its own disk, writes a file to a second, writable disk, and then powers off or
+//! reboots, as `bulkhead.end=` on the kernel command line says.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -27,12 +28,15 @@ mount -t ext4 /dev/vdb /mnt
 echo "written by the guest to vdb" > /mnt/out.txt
 umount /mnt
 sync
-reboot -f
+case "$(cat /proc/cmdline)" in
+  *bulkhead.end=reboot*) reboot -f ;;
+  *) poweroff -f ;;
+esac
 "#;
 
 /// Busybox applets the init script uses, linked into /bin of the root disk.
 const APPLETS: &[&str] = &[
-    "sh", "mount", "umount", "cat", "echo", "grep", "sync", "reboot",
+    "sh", "mount", "umount", "cat", "echo", "grep", "sync", "reboot", "poweroff",
 ];
 
 /// Disk images shared by the tests of this binary, built once on this machine. They live under
@@ -91,14 +95,41 @@ fn run_checked(command: &mut Command) {
     assert!(output.status.success(), "{command:?} failed: {output:?}");
 }
 
+/// How the test guest's init ends the VM.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// `poweroff -f`: the kernel writes S5 to the ACPI sleep control register.
+    PowerOff,
+    /// `reboot -f`: the kernel resets through the keyboard controller (`reboot=k`).
+    Reboot,
+}
+
+impl End {
+    fn cmdline(self) -> &'static str {
+        match self {
+            End::PowerOff => "poweroff",
+            End::Reboot => "reboot",
+        }
+    }
+
+    /// The exit reason the VMM logs at info level.
+    fn logged(self) -> &'static str {
+        match self {
+            End::PowerOff => "exit=PowerOff",
+            End::Reboot => "exit=Reset",
+        }
+    }
+}
+
 /// Boots the test guest with `cpus` vCPUs in the test host. The writable disk is copied to the
 /// host's tmpfs first, then checked with debugfs and e2fsck after the VM exits.
-fn boot_guest(cpus: u8) -> Output {
+fn boot_guest(cpus: u8, end: End) -> Output {
     let images = images();
     let script = format!(
         "cp {data} /tmp/data-{cpus}.ext4 && \
-         {VMM} --cpus {cpus} --memory 128 --disk {root},ro --disk /tmp/data-{cpus}.ext4 \
-             --cmdline 'root=/dev/vda ro rootfstype=ext4 init=/init quiet'; \
+         RUST_LOG=info {VMM} --cpus {cpus} --memory 128 --disk {root},ro \
+             --disk /tmp/data-{cpus}.ext4 \
+             --cmdline 'root=/dev/vda ro rootfstype=ext4 init=/init quiet bulkhead.end={end}'; \
          status=$?; \
          echo \"vmm-exit=$status\"; \
          debugfs -R 'cat /out.txt' /tmp/data-{cpus}.ext4 2>/dev/null; \
@@ -106,15 +137,24 @@ fn boot_guest(cpus: u8) -> Output {
          exit $status",
         data = images.data.display(),
         root = images.root.display(),
+        end = end.cmdline(),
     );
     kvm_host::shared().run(&["sh", "-c", &script])
 }
 
-fn assert_guest_ran(output: &Output, cpus: u8) {
+fn assert_guest_ran(output: &Output, cpus: u8, end: End) {
     let stdout = output.stdout_str();
     assert_eq!(
         output.status, 0,
-        "the VMM exits 0 after the guest reboots\n{output}"
+        "the VMM exits 0 after the guest's {end:?}\n{output}"
+    );
+    assert!(
+        output.stderr_str().contains(end.logged()),
+        "the VMM saw the guest's {end:?}\n{output}"
+    );
+    assert!(
+        !stdout.contains("ACPI BIOS Error") && !stdout.contains("ACPI Error"),
+        "the kernel accepts the ACPI tables\n{output}"
     );
     assert!(stdout.contains(MARKER), "init printed its marker\n{output}");
     assert!(
@@ -136,15 +176,15 @@ fn assert_guest_ran(output: &Output, cpus: u8) {
 }
 
 #[test]
-fn boot_one_cpu() {
-    let output = boot_guest(1);
-    assert_guest_ran(&output, 1);
+fn one_cpu_powers_off() {
+    let output = boot_guest(1, End::PowerOff);
+    assert_guest_ran(&output, 1, End::PowerOff);
 }
 
 #[test]
-fn boot_two_cpus() {
-    let output = boot_guest(2);
-    assert_guest_ran(&output, 2);
+fn two_cpus_reboot() {
+    let output = boot_guest(2, End::Reboot);
+    assert_guest_ran(&output, 2, End::Reboot);
 }
 
 /// One bad input: extra VMM arguments, environment, the expected status and a text the error

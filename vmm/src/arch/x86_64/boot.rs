@@ -91,6 +91,8 @@ pub struct ZeroPageConfig {
     pub cmdline_size: usize,
     /// The initial RAM disk, when there is one.
     pub initrd: Option<InitrdRegion>,
+    /// Guest address of the ACPI RSDP, when the VM has ACPI tables.
+    pub acpi_rsdp: Option<u64>,
 }
 
 /// Fills in `struct boot_params` and writes it to [`ZERO_PAGE_START`].
@@ -127,6 +129,11 @@ pub fn build_zero_page(memory: &GuestMemoryMmap, config: &ZeroPageConfig) -> Res
         // The initrd is placed below 4 GiB, so both values fit in 32 bits.
         params.hdr.ramdisk_image = initrd.address.raw_value() as u32;
         params.hdr.ramdisk_size = initrd.size as u32;
+    }
+
+    // Boot protocol 2.14 field; older kernels ignore it and find the RSDP by scanning.
+    if let Some(rsdp) = config.acpi_rsdp {
+        params.acpi_rsdp_addr = rsdp;
     }
 
     let map = e820_map(memory);
@@ -193,6 +200,7 @@ mod tests {
             setup_header: None,
             cmdline_size: 42,
             initrd: Some(initrd),
+            acpi_rsdp: Some(0xe0000),
         };
         write_zero_page(&memory, &config).unwrap();
 
@@ -205,6 +213,7 @@ mod tests {
         assert_eq!({ header.cmdline_size }, 42);
         assert_eq!({ header.ramdisk_image }, 0x300_0000);
         assert_eq!({ header.ramdisk_size }, 0x1234);
+        assert_eq!({ params.acpi_rsdp_addr }, 0xe0000);
         assert_eq!({ params.e820_entries }, 3);
         let last = params.e820_table[2];
         assert_eq!(({ last.addr }, { last.size }), (HIMEM_START, 63 * MIB));
@@ -223,11 +232,13 @@ mod tests {
             setup_header: Some(header),
             cmdline_size: 1,
             initrd: None,
+            acpi_rsdp: None,
         };
         let params = build_zero_page(&memory, &config).unwrap();
 
         assert_eq!({ params.hdr.version }, 0x020f);
         assert_eq!({ params.hdr.loadflags } & LOADED_HIGH, LOADED_HIGH);
         assert_eq!({ params.hdr.ramdisk_image }, 0);
+        assert_eq!({ params.acpi_rsdp_addr }, 0);
     }
 }

@@ -22,6 +22,10 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const MPTABLE_START: u64 = 0x9fc00;
 /// End of base memory (640 KiB).
 pub const BASE_MEMORY_END: u64 = 0xa0000;
+/// Start of the ACPI tables, in the BIOS area that Linux scans for the RSDP.
+pub const ACPI_START: u64 = 0xe0000;
+/// End of the BIOS area and of the ACPI tables.
+pub const ACPI_END: u64 = HIMEM_START;
 /// Start of high memory, where the kernel is loaded.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO gap. RAM that does not fit below it moves above 4 GiB.
@@ -44,6 +48,10 @@ pub const KVM_IDENTITY_MAP_START: u64 = KVM_TSS_START - 0x1000;
 pub const IOAPIC_PINS: u32 = 24;
 /// GSI of the serial console (COM1).
 pub const SERIAL_GSI: u32 = 4;
-/// First GSI handed to virtio-mmio devices. GSIs 0 to 4 are the legacy timer, keyboard,
-/// cascade, COM2 and COM1.
-pub const VIRTIO_FIRST_GSI: u32 = 5;
+/// GSI of the ACPI system control interrupt, which the FADT names and nothing raises.
+pub const SCI_GSI: u32 = 9;
+/// GSIs handed to virtio-mmio devices, in order. Only ISA IRQs qualify: the guest maps IRQs 0 to
+/// 15 to the same IOAPIC pins whether it reads the MP table or the MADT, but with ACPI it maps
+/// pins 16 to 23 to IRQ numbers of its own choosing, which a device announced on the command line
+/// cannot know. IRQs 0 to 4 are the timer, keyboard, cascade, COM2 and COM1; 9 is the SCI.
+pub const VIRTIO_GSIS: [u32; 10] = [5, 6, 7, 8, 10, 11, 12, 13, 14, 15];

@@ -338,6 +338,10 @@ fn set_up_root(sys: &dyn Syscall, plan: &Plan) -> Result<()> {
         .context("failed to build the container root")?;
     rootfs::enter(sys, &root, plan.switch).context("failed to enter the container root")?;
     info!(?plan.lower, ?plan.upper, "entered the container root");
+    if plan.finish == Finish::PowerOff {
+        let acpi = syscall::detect_power_off();
+        info!(acpi, "checked for ACPI power-off");
+    }
     Ok(())
 }
 

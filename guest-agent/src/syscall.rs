@@ -8,6 +8,7 @@
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::mount::{MntFlags, MsFlags};
 
@@ -64,6 +65,20 @@ pub trait Syscall: Send + Sync {
 
     /// Ends the VM. Returns only on failure.
     fn power_off(&self) -> io::Error;
+}
+
+/// Directory that exists only when the kernel's ACPI interpreter loaded the VM's tables.
+const ACPI_SYSFS_DIR: &str = "/sys/firmware/acpi";
+
+/// Whether the kernel can power the VM off, as [`detect_power_off`] found.
+static CAN_POWER_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Records whether the kernel can power off, which needs ACPI: bulkhead-vmm's FADT and `_S5`.
+/// Call it while /sys is mounted, because [`Syscall::power_off`] runs after /sys is unmounted.
+pub fn detect_power_off() -> bool {
+    let acpi = Path::new(ACPI_SYSFS_DIR).is_dir();
+    CAN_POWER_OFF.store(acpi, Ordering::Relaxed);
+    acpi
 }
 
 /// The real system calls.
@@ -127,9 +142,14 @@ impl Syscall for Linux {
     }
 
     fn power_off(&self) -> io::Error {
-        // bulkhead-vmm has no ACPI and so no power-off; it exits when the guest reboots (the
-        // i8042 reset that reboot=k on the kernel command line selects).
-        match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT) {
+        // Without ACPI a power-off request halts the vCPUs and the VMM never exits, so reboot
+        // instead: bulkhead-vmm also exits on the i8042 reset that reboot=k selects.
+        let mode = if CAN_POWER_OFF.load(Ordering::Relaxed) {
+            nix::sys::reboot::RebootMode::RB_POWER_OFF
+        } else {
+            nix::sys::reboot::RebootMode::RB_AUTOBOOT
+        };
+        match nix::sys::reboot::reboot(mode) {
             Err(errno) => errno.into(),
         }
     }

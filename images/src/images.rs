@@ -385,7 +385,7 @@ fn build_disk(
 
     let disk = ingest.dir().join("disk.ext4");
     let usage = rootfs::build(&staging, &disk)?;
-    fs::remove_dir_all(&staging).map_err(|source| Error::Io {
+    crate::remove::remove_tree(&staging).map_err(|source| Error::Io {
         op: "remove",
         path: staging.clone(),
         source,

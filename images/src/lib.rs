@@ -15,6 +15,7 @@ mod images;
 pub mod oci;
 pub mod reference;
 pub mod registry;
+mod remove;
 pub mod rootfs;
 pub mod store;
 pub mod unpack;

@@ -355,12 +355,7 @@ impl Store {
             };
             if stale {
                 let path = entry.path();
-                let result = if path.is_dir() {
-                    fs::remove_dir_all(&path)
-                } else {
-                    fs::remove_file(&path)
-                };
-                result.map_err(io_err("remove", &path))?;
+                crate::remove::remove_tree(&path).map_err(io_err("remove", &path))?;
                 removed += 1;
             }
         }
@@ -622,7 +617,7 @@ impl Ingest {
 
 impl Drop for Ingest {
     fn drop(&mut self) {
-        if let Err(error) = fs::remove_dir_all(&self.dir) {
+        if let Err(error) = crate::remove::remove_tree(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), %error, "failed to remove ingest directory");
         }
     }

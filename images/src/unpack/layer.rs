@@ -310,13 +310,23 @@ impl Applier {
         meta: &Meta,
     ) -> Result<()> {
         let display = name.to_string_lossy();
-        self.replace(dir, name)?;
-        let fd = rustix::fs::openat(
-            dir,
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
+        let create = || {
+            rustix::fs::openat(
+                dir,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+        };
+        // Most names are new, so the create comes first and only a name that exists (even as
+        // a symlink, which O_EXCL does not follow) costs a removal and a second try.
+        let fd = match create() {
+            Err(rustix::io::Errno::EXIST) => {
+                self.replace(dir, name)?;
+                create()
+            }
+            other => other,
+        }
         .map_err(|e| entry_err("create", &display, e.into()))?;
         let mut file = std::fs::File::from(fd);
         let written = io::copy(entry, &mut file).map_err(|e| entry_err("write", &display, e))?;

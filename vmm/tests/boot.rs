@@ -3,7 +3,7 @@
 //!
 //! The guest's root disk holds busybox-static and an /init script that prints a marker, reads a
 //! file from its own disk, writes a file to a second, writable disk, and then powers off or
-//! reboots, as `bulkhead.end=` on the kernel command line says.
+//! reboots, as `bulkhead.end=` on the kernel command line selects.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -98,7 +98,7 @@ fn run_checked(command: &mut Command) {
 /// How the test guest's init ends the VM.
 #[derive(Debug, Clone, Copy)]
 enum End {
-    /// `poweroff -f`: the kernel writes S5 to the ACPI sleep control register.
+    /// `poweroff -f`: the kernel writes S5 to the ACPI PM1a control register.
     PowerOff,
     /// `reboot -f`: the kernel resets through the keyboard controller (`reboot=k`).
     Reboot,
@@ -112,7 +112,7 @@ impl End {
         }
     }
 
-    /// The exit reason the VMM logs at info level.
+    /// Returns the exit reason the VMM logs at info level.
     fn logged(self) -> &'static str {
         match self {
             End::PowerOff => "exit=PowerOff",

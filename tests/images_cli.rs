@@ -299,9 +299,10 @@ fn load_tag_only_layout_then_tag() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("only by the tag \"v1\""), "{stderr}");
     assert!(
-        stderr.contains(&format!("bulkhead tag {short_id} NAME:v1")),
+        stderr.contains(&format!("name it with: bulkhead tag {short_id} NAME:v1")),
         "{stderr}"
     );
+    assert!(!stderr.contains("  "), "one space between words: {stderr}");
     let listing = stdout(&bulkhead(&root, &["images"], None));
     assert!(
         listing.lines().nth(1).unwrap().starts_with("<none>"),

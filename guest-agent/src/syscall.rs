@@ -67,18 +67,19 @@ pub trait Syscall: Send + Sync {
     fn power_off(&self) -> io::Error;
 }
 
-/// Directory that exists only when the kernel's ACPI interpreter loaded the VM's tables.
-const ACPI_SYSFS_DIR: &str = "/sys/firmware/acpi";
+/// The DSDT as the kernel loaded it. The file exists only when the ACPI interpreter is running.
+const ACPI_DSDT: &str = "/sys/firmware/acpi/tables/DSDT";
 
 /// Whether the kernel can power the VM off, as [`detect_power_off`] found.
 static CAN_POWER_OFF: AtomicBool = AtomicBool::new(false);
 
-/// Records whether the kernel can power off, which needs ACPI: bulkhead-vmm's FADT and `_S5`.
-/// Call it while /sys is mounted, because [`Syscall::power_off`] runs after /sys is unmounted.
+/// Records whether the kernel can power off: it needs ACPI and an `_S5` object in the DSDT, as
+/// bulkhead-vmm provides. Call it while /sys is mounted, because [`Syscall::power_off`] runs
+/// after /sys is unmounted.
 pub fn detect_power_off() -> bool {
-    let acpi = Path::new(ACPI_SYSFS_DIR).is_dir();
-    CAN_POWER_OFF.store(acpi, Ordering::Relaxed);
-    acpi
+    let s5 = std::fs::read(ACPI_DSDT).is_ok_and(|dsdt| dsdt.windows(4).any(|name| name == b"_S5_"));
+    CAN_POWER_OFF.store(s5, Ordering::Relaxed);
+    s5
 }
 
 /// The real system calls.
@@ -142,8 +143,8 @@ impl Syscall for Linux {
     }
 
     fn power_off(&self) -> io::Error {
-        // Without ACPI a power-off request halts the vCPUs and the VMM never exits, so reboot
-        // instead: bulkhead-vmm also exits on the i8042 reset that reboot=k selects.
+        // Without ACPI and `_S5` a power-off request halts the vCPUs and the VMM never exits,
+        // so reboot instead: bulkhead-vmm also exits on the i8042 reset that reboot=k selects.
         let mode = if CAN_POWER_OFF.load(Ordering::Relaxed) {
             nix::sys::reboot::RebootMode::RB_POWER_OFF
         } else {

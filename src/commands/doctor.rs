@@ -14,26 +14,29 @@ use crate::runtime::vm;
 pub struct Args {}
 
 pub fn run(global: &Global, _args: Args) -> Result<ExitCode> {
-    let mut ready = true;
+    // Names of the checks that failed, for the closing line.
+    let mut failed: Vec<&str> = Vec::new();
 
     let kvm_path = host::kvm_device_path();
     let kind = host::detect_kvm_kind();
     let kvm_line = match (kind, kvm_path.exists()) {
         (_, false) => {
-            ready = false;
+            failed.push("KVM");
             format!(
                 "missing: {} does not exist (load kvm_intel or kvm_amd)",
                 kvm_path.display()
             )
         }
         (Some(KvmKind::Pvm), true) => {
-            ready = false;
-            "PVM (kvm_pvm): runs only PVM-enabled guest kernels; standard guests need Intel VT-x or AMD-V".to_owned()
+            failed.push("KVM");
+            "PVM (kvm_pvm): runs only PVM-enabled guest kernels; standard guests need Intel VT-x \
+             or AMD-V (a bulkhead checkout can run them under emulation: tests/kvm-host/run)"
+                .to_owned()
         }
         (Some(kind), true) => match host::open_kvm() {
             Ok(_) => format!("{kind}, {} usable", kvm_path.display()),
             Err(error) => {
-                ready = false;
+                failed.push("KVM");
                 format!("{kind}, but unusable: {error}")
             }
         },
@@ -47,15 +50,21 @@ pub fn run(global: &Global, _args: Args) -> Result<ExitCode> {
     let kernel = std::env::var_os(vmm::config::KERNEL_ENV)
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| vmm::config::DEFAULT_KERNEL.into());
-    ready &= report_file(
+    if !report_file(
         "Kernel:",
         &kernel,
         "run scripts/setup or set BULKHEAD_KERNEL",
-    );
+    ) {
+        failed.push("Kernel");
+    }
     match vm::initramfs() {
-        Ok(path) => ready &= report_file("Agent:", &path, "run scripts/setup"),
+        Ok(path) => {
+            if !report_file("Agent:", &path, "run scripts/setup") {
+                failed.push("Agent");
+            }
+        }
         Err(error) => {
-            ready = false;
+            failed.push("Agent");
             println!("Agent:       missing: {error}");
         }
     }
@@ -72,17 +81,17 @@ pub fn run(global: &Global, _args: Args) -> Result<ExitCode> {
             );
         }
         Err(_) => {
-            ready = false;
+            failed.push("mkfs.ext4");
             println!("mkfs.ext4:   missing: install e2fsprogs");
         }
     }
     println!("State root:  {}", global.root.display());
 
-    if ready {
+    if failed.is_empty() {
         println!("Ready to run containers.");
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("Not ready: fix the lines above.");
+        println!("Not ready: see the {} line(s) above.", failed.join(", "));
         Ok(ExitCode::from(1))
     }
 }

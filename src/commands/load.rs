@@ -58,7 +58,9 @@ fn print_loaded(image: &::images::archive::LoadedImage) {
     if let (Some(tag), true) = (&image.tag_only_ref_name, record.tags.is_empty()) {
         let short_id = &record.id.hex()[..12];
         eprintln!(
-            "bulkhead: the OCI layout names image {short_id} only by the tag {tag:?}, which              has no repository, so it was loaded untagged; name it with:              bulkhead tag {short_id} NAME:{tag}"
+            "bulkhead: the OCI layout names image {short_id} only by the tag {tag:?}, which \
+             has no repository, so it was loaded untagged; name it with: \
+             bulkhead tag {short_id} NAME:{tag}"
         );
     }
 }

@@ -31,11 +31,12 @@ pub fn parse(spec: &str) -> Result<PortMapping> {
         Some((ip, port)) => (parse_ip(ip).ok_or_else(usage)?, port),
         None => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), host_part),
     };
-    let port = |text: &str| {
-        text.parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(usage)
+    let port = |text: &str| match text.parse::<u64>() {
+        Ok(number @ 1..=65535) => Ok(number as u16),
+        Ok(number) => Err(anyhow!(
+            "invalid port mapping {spec:?}: port {number} is out of range; use 1 to 65535"
+        )),
+        Err(_) => Err(usage()),
     };
 
     Ok(PortMapping {
@@ -184,6 +185,17 @@ mod tests {
                 container_port,
             });
             assert_eq!(parsed, expected, "spec {spec:?}");
+        }
+    }
+
+    #[test]
+    fn port_out_of_range_is_named() {
+        for (spec, port) in [("99999:80", "99999"), ("80:0", "0"), ("80:65536", "65536")] {
+            let message = parse(spec).unwrap_err().to_string();
+            assert!(
+                message.contains(&format!("port {port} is out of range")),
+                "{message}"
+            );
         }
     }
 

@@ -594,15 +594,39 @@ fn is_refused(transport: &ureq::Transport) -> bool {
 }
 
 // ureq 2 reports TLS failures and timeouts with kind `Io` or `ConnectionFailed`, so these two
-// recognise them by the error's text, which includes the text of its cause.
+// recognise them by the text of the error's message and causes. The error's own display starts
+// with the URL, whose host or path may contain any of the words, so it is left out.
+fn cause_text(transport: &ureq::Transport) -> String {
+    let mut text = transport.message().unwrap_or_default().to_ascii_lowercase();
+    let mut source = std::error::Error::source(transport);
+    while let Some(error) = source {
+        text.push('\n');
+        text.push_str(&error.to_string().to_ascii_lowercase());
+        source = error.source();
+    }
+    text
+}
+
 fn is_tls(transport: &ureq::Transport) -> bool {
-    let text = transport.to_string().to_ascii_lowercase();
+    let text = cause_text(transport);
     text.contains("tls") || text.contains("certificate") || text.contains("handshake")
 }
 
 fn is_timeout(transport: &ureq::Transport) -> bool {
-    let text = transport.to_string().to_ascii_lowercase();
-    text.contains("timed out") || text.contains("timeout") || text.contains("would block")
+    let mut source = std::error::Error::source(transport);
+    while let Some(error) = source {
+        if let Some(io_error) = error.downcast_ref::<io::Error>() {
+            if matches!(
+                io_error.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ) {
+                return true;
+            }
+        }
+        source = error.source();
+    }
+    let text = cause_text(transport);
+    text.contains("timed out") || text.contains("timeout")
 }
 
 fn restart(file: &mut File) -> io::Result<()> {

@@ -126,7 +126,7 @@ pub struct Options {
     /// Ports inside the host to reach from this machine; each gets a free loopback port here,
     /// which [`KvmHost::host_port`] returns.
     pub forwards: Vec<u16>,
-    /// Memory of the host in MiB (run script default: 2048).
+    /// Memory of the host in MiB (run script default: 4096).
     pub memory_mib: Option<u32>,
     /// vCPUs of the host (run script default: 2).
     pub cpus: Option<u32>,

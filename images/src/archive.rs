@@ -328,8 +328,9 @@ fn blob_size(ingest: &Ingest, digest: &Digest) -> Result<u64> {
 /// Resolves the entries of an OCI `index.json` to image manifests, descending into nested
 /// indexes for `platform`. Returns each manifest digest with its tags.
 ///
-/// An entry is named by its `io.containerd.image.name` annotation (Docker and containerd write
-/// it) or else by an `org.opencontainers.image.ref.name` that is a full reference. A ref.name
+/// Each entry takes its name from its `io.containerd.image.name` annotation (Docker and
+/// containerd write it) or else from an `org.opencontainers.image.ref.name` that is a full
+/// reference. A ref.name
 /// that is only a tag stays unused, as Docker leaves it: guessing a repository (podman's
 /// `localhost/…`) would invent a name that no registry serves.
 fn oci_layout_manifests(ingest: &Ingest, bytes: &[u8], platform: &Platform) -> Result<Vec<Import>> {

@@ -426,8 +426,8 @@ fn pull_in_child(name: &str, wrapper: &[&str], env: &[(&str, &str)]) -> ChildRes
     }
 }
 
-/// The child side: starts the TLS server if [`CHILD_TLS_DIR`] is set, pulls `reference` into
-/// a new store, and prints the outcome. A pull that succeeds is reported, not a failure here,
+/// Runs the child side: starts the TLS server if [`CHILD_TLS_DIR`] is set, pulls `reference`
+/// into a new store, and prints the outcome. A pull that succeeds is reported, not a failure here,
 /// so that the parent's assertions explain it.
 fn child_pull(reference: &str) {
     let _tls_server = std::env::var(CHILD_TLS_DIR)

@@ -45,7 +45,7 @@ pub enum Request {
     /// [`Event::Output`] on stderr and an [`Event::Exit`] when the process could not start.
     StartProcess(StartProcess),
     /// Writes bytes to the process's stdin (or its terminal). The host may send only as many
-    /// bytes as [`Event::StdinWindow`] events have granted and not yet used; the agent rejects
+    /// bytes as [`Event::StdinWindow`] events have granted and not yet used. The agent rejects
     /// data beyond that window with an [`Event::Error`] and drops it.
     Stdin {
         /// Target process.
@@ -144,9 +144,9 @@ pub enum Event {
         message: String,
     },
     /// The agent accepts `bytes` more bytes of [`Request::Stdin`] data for the process. It
-    /// grants a first window right after [`Event::Started`] of a process started with `stdin`,
-    /// and grants again as it writes the data to the process, so the data buffered in the
-    /// agent stays within one window however slowly the process reads.
+    /// grants a first window right after [`Event::Started`] of a process started with `stdin`.
+    /// It grants again as it writes the data to the process, so the data buffered in the agent
+    /// stays within one window however slowly the process reads.
     StdinWindow {
         /// Target process.
         id: ProcessId,

@@ -235,8 +235,8 @@ pub fn run(config: &VmConfig) -> Result<Outcome> {
     Ok(match vm_exit {
         VmExit::VcpuFailed { vcpu, reason } => Outcome::VcpuFailed { vcpu, reason },
         _ if panicked.load(Ordering::SeqCst) => Outcome::Panicked,
-        // NOTE: a triple fault counts as a reboot, including one early in boot before the guest
-        // asked to restart; the test host showed one such exit 0.1 s into a boot, not reproduced.
+        // NOTE: a triple fault counts as a reboot, even early in boot before any restart request.
+        // The test host showed one such exit 0.1 s into a boot, which did not recur.
         clean => Outcome::Clean(clean),
     })
 }

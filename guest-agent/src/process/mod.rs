@@ -423,7 +423,7 @@ impl Processes {
                         return;
                     }
                 }
-                // A send fails only when the stdin thread has ended after an earlier close.
+                // A send fails only when the stdin thread has already ended, after a close.
                 let _ = queue.sender.send(message);
             }
             None => {

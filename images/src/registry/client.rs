@@ -578,8 +578,8 @@ impl Client {
     }
 }
 
-/// Whether the connection was refused. On a loopback registry that means nothing listens on
-/// the port, which a retry does not change.
+/// Returns whether the connection was refused. On a loopback registry that means nothing
+/// listens on the port, and a retry does not change that.
 fn is_refused(transport: &ureq::Transport) -> bool {
     let mut source = std::error::Error::source(transport);
     while let Some(error) = source {

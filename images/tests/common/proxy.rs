@@ -261,7 +261,7 @@ fn read_head(client: &TcpStream) -> Option<Vec<String>> {
     }
 }
 
-/// Chooses the answer to a request: the token endpoint, a token check, or the next fault.
+/// Chooses the response to a request: the token endpoint, a token check, or the next fault.
 fn decide(state: &mut State, path: &str, authorization: Option<&str>) -> Action {
     if let Some(tokens) = state.tokens.clone() {
         if path.starts_with("/token") {

@@ -2,7 +2,7 @@
 //!
 //! The guest needs them for what the MP table cannot describe: how to power off and how to reset. The
 //! FADT points at the PM1a and reset registers of [`crate::devices::acpi::AcpiPm`], and the DSDT
-//! holds the `_S5` object whose sleep type the kernel writes to power off. The MADT repeats the
+//! contains the `_S5` object whose sleep type the kernel writes to power off. The MADT repeats the
 //! vCPU and IOAPIC layout of the MP table, which stays for guests booted with `acpi=off`.
 //!
 //! The platform is not hardware-reduced. A hardware-reduced guest drops the legacy PIC and with it
@@ -132,8 +132,8 @@ pub fn write(memory: &GuestMemoryMmap, cpus: u8) -> Result<u64> {
     Ok(acpi.rsdp_address)
 }
 
-/// Builds the DSDT, which holds only `\_S5`, whose first element is the sleep type the kernel writes to the PM1a
-/// control register to power off.
+/// Builds the DSDT, which contains only `\_S5`. Its first element is the sleep type the kernel
+/// writes to the PM1a control register to power off.
 fn dsdt_bytes() -> Vec<u8> {
     let mut dsdt = Sdt::new(
         *b"DSDT",

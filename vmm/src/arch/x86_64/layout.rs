@@ -50,8 +50,8 @@ pub const IOAPIC_PINS: u32 = 24;
 pub const SERIAL_GSI: u32 = 4;
 /// GSI of the ACPI system control interrupt, which the FADT names and nothing raises.
 pub const SCI_GSI: u32 = 9;
-/// GSIs handed to virtio-mmio devices, in order. Only ISA IRQs qualify: the guest maps IRQs 0 to
-/// 15 to the same IOAPIC pins whether it reads the MP table or the MADT, but with ACPI it maps
-/// pins 16 to 23 to IRQ numbers of its own choosing, which a device announced on the command line
-/// cannot know. IRQs 0 to 4 are the timer, keyboard, cascade, COM2 and COM1; 9 is the SCI.
+/// GSIs handed to virtio-mmio devices, in order. Only ISA IRQs qualify, because the guest maps
+/// IRQs 0 to 15 to the same IOAPIC pins whether it reads the MP table or the MADT. With ACPI it
+/// maps pins 16 to 23 to IRQ numbers of its own choosing, which a device announced on the
+/// command line cannot know. IRQs 0 to 4 are the timer, keyboard, cascade, COM2 and COM1; 9 is the SCI.
 pub const VIRTIO_GSIS: [u32; 10] = [5, 6, 7, 8, 10, 11, 12, 13, 14, 15];
